@@ -1,0 +1,363 @@
+"""The Faust worker: intake, pricing, accounting and budgets for each usage event.
+
+Reads `meterline.usage` (keyed by team, so a team's events arrive in order on one
+partition) and writes:
+
+* `meterline.usage.accepted`  each accepted event, priced, for the warehouse sink;
+* `meterline.usage.dlq`       each rejected record, with its reason and bytes;
+* `meterline.breaches`        each budget threshold crossed, once.
+
+State lives in two Faust tables backed by changelog topics: `teams` (one
+`TeamState` per team) and `seen` (event ids within the de-duplication horizon).
+Delivery is at least once; every output is idempotent by id (event id, breach id),
+so a replay after a crash may repeat a record but never changes a total.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.web import Request, Response, View
+
+from schemas.budget import Budget
+from schemas.usage import AcceptedUsage, UsageEvent
+from streams import json
+from streams.accounting import TeamState, apply, to_ms
+from streams.budgets import BudgetRegistry, calendars_of, evaluate
+from streams.intake import RejectedError, Source, dead_letter, decode, fingerprint
+from streams.periods import period_of
+from streams.pricing import Pricer, load_overrides
+from streams.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: How often the de-duplication table is swept for ids past the horizon.
+SEEN_SWEEP_SECONDS = 30.0
+
+
+class Worker:
+    """The worker's parts, built from settings; `app` is the Faust app."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pricer = Pricer(load_overrides(settings.price_overrides_file))
+        self.registry = BudgetRegistry()
+        self.budgets_ready = asyncio.Event()
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("accepted", "duplicates", "dead_lettered", "breaches"), 0
+        )
+        self.max_event_ms = 0
+        self.app = self._build_app()
+
+    def _build_app(self) -> faust.App:
+        s = self.settings
+        app = faust.App(
+            s.app_id,
+            broker=[f"kafka://{h.strip()}" for h in s.kafka_bootstrap.split(",")],
+            store="memory://",
+            topic_partitions=s.usage_partitions,
+            topic_replication_factor=s.replication_factor,
+            topic_allow_declare=True,
+            web_host="127.0.0.1",
+            web_port=s.worker_web_port,
+            web_in_thread=False,
+            producer_acks=-1,
+            consumer_auto_offset_reset="earliest",
+        )
+        self.usage_topic = _raw_topic(app, s.topic_usage)
+        self.accepted_topic = _raw_topic(app, s.topic_accepted)
+        self.dlq_topic = _raw_topic(app, s.topic_dlq)
+        self.breaches_topic = _raw_topic(app, s.topic_breaches)
+        schema = faust.Schema(key_serializer="json", value_serializer="json")
+        self.teams = app.Table("teams", partitions=s.usage_partitions, schema=schema)
+        self.seen = app.Table("seen", partitions=s.usage_partitions, schema=schema)
+        app.agent(self.usage_topic, name="meterline.intake")(self._process)
+        app.task(self._follow_budgets)
+        app.timer(SEEN_SWEEP_SECONDS)(self._sweep_seen)
+        self._add_pages(app)
+        return app
+
+    # -- the stream -------------------------------------------------------
+
+    async def _process(self, stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        await self.budgets_ready.wait()
+        async for record in stream.events():
+            message = record.message
+            source = Source(
+                message.topic, message.partition, message.offset, message.key
+            )
+            try:
+                await self.handle(message.value, source)
+            except Exception as exc:
+                # One bad record must never stop the worker: dead-letter it.
+                logger.exception(
+                    "unexpected error on %s[%s]@%s; dead-lettering it",
+                    source.topic,
+                    source.partition,
+                    source.offset,
+                )
+                rejected = RejectedError("internal_error", f"{type(exc).__name__}")
+                await self._dead_letter(message.value, source, rejected)
+            yield None
+
+    async def handle(self, value: bytes | None, source: Source) -> None:
+        """Take one usage record through intake, pricing, accounting, budgets."""
+        s = self.settings
+        now = datetime.now(UTC)
+        try:
+            event = decode(
+                value,
+                now=now,
+                future_skew=timedelta(seconds=s.future_skew_s),
+                max_bytes=s.max_message_bytes,
+            )
+        except RejectedError as rejected:
+            await self._dead_letter(value, source, rejected)
+            return
+        if not await self._first_sighting(event, value, source):
+            return
+
+        priced = self.pricer.price(event)
+        budgets = self.registry.for_team(event.team)
+        state = self._team_state(event.team)
+        flags = list(priced.flags)
+        flags += apply(
+            state,
+            event,
+            priced.cost_usd,
+            calendars_of(budgets),
+            grace_ms=s.period_grace_s * 1000,
+        )
+        breaches = evaluate(budgets, state, event, now=now)
+        self.teams[event.team] = state.to_json()
+
+        accepted = AcceptedUsage(
+            event=event,
+            cost_usd=priced.cost_usd,
+            cost_source=priced.source,
+            price_model=priced.model,
+            price_provider=priced.provider,
+            flags=flags,
+            ingested_at=now,
+            source_partition=source.partition,
+            source_offset=source.offset,
+        )
+        team_key = event.team.encode()
+        await self.accepted_topic.send(
+            key=team_key, value=json.dumps(accepted.model_dump(mode="json"))
+        )
+        for breach in breaches:
+            logger.info(
+                "budget %s crossed %s of its %s limit for team %s (period from %s)",
+                breach.budget_id,
+                breach.threshold,
+                breach.measure,
+                breach.team,
+                breach.period_start.isoformat(),
+            )
+            await self.breaches_topic.send(
+                key=breach.budget_id.encode(),
+                value=json.dumps(breach.model_dump(mode="json")),
+            )
+        self.stats["accepted"] += 1
+        self.stats["breaches"] += len(breaches)
+        self.max_event_ms = max(self.max_event_ms, to_ms(event.ts))
+
+    async def _first_sighting(
+        self, event: UsageEvent, value: bytes | None, source: Source
+    ) -> bool:
+        """Record the event id; False for a repeat (dropped or dead-lettered)."""
+        print_ = fingerprint(event)
+        prior = self.seen.get(event.event_id)
+        if prior is None:
+            self.seen[event.event_id] = [print_, to_ms(event.ts)]
+            return True
+        if prior[0] == print_:
+            self.stats["duplicates"] += 1
+            logger.debug(
+                "duplicate event %s at %s[%s]@%s dropped",
+                event.event_id,
+                source.topic,
+                source.partition,
+                source.offset,
+            )
+            return False
+        rejected = RejectedError(
+            "duplicate_conflict",
+            f"event id {event.event_id} was already accepted with different "
+            "content; the first one counts",
+            event_id=event.event_id,
+            team=event.team,
+        )
+        await self._dead_letter(value, source, rejected)
+        return False
+
+    def _team_state(self, team: str) -> TeamState:
+        data = self.teams.get(team)
+        return TeamState() if data is None else TeamState.from_json(data)
+
+    async def _dead_letter(
+        self, value: bytes | None, source: Source, rejected: RejectedError
+    ) -> None:
+        logger.warning(
+            "rejected %s[%s]@%s: %s (%s)",
+            source.topic,
+            source.partition,
+            source.offset,
+            rejected.reason,
+            rejected.detail,
+        )
+        letter = dead_letter(value, source, rejected, at=datetime.now(UTC))
+        await self.dlq_topic.send(
+            key=source.key, value=json.dumps(letter.model_dump(mode="json"))
+        )
+        self.stats["dead_lettered"] += 1
+
+    # -- housekeeping -----------------------------------------------------
+
+    async def _sweep_seen(self) -> None:
+        horizon = self.max_event_ms - self.settings.dedupe_horizon_s * 1000
+        if horizon <= 0:
+            return
+        stale = [k for k, v in self.seen.items() if v[1] < horizon]
+        for key in stale:
+            del self.seen[key]
+        if stale:
+            logger.info("forgot %s event ids older than the horizon", len(stale))
+
+    async def _follow_budgets(self) -> None:
+        """Read the compacted budgets topic from the start, forever."""
+        s = self.settings
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap,
+            enable_auto_commit=False,
+            client_id=f"{s.app_id}-budgets",
+        )
+        await consumer.start()
+        try:
+            partitions = consumer.partitions_for_topic(s.topic_budgets) or {0}
+            tps = [TopicPartition(s.topic_budgets, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            if all(v == 0 for v in ends.values()):
+                self._budgets_loaded()
+            while True:
+                batch = await consumer.getmany(timeout_ms=500)
+                for records in batch.values():
+                    for record in records:
+                        self._apply_budget_record(record.key, record.value)
+                if not self.budgets_ready.is_set():
+                    positions = [await consumer.position(tp) for tp in tps]
+                    if all(p >= ends[tp] for p, tp in zip(positions, tps, strict=True)):
+                        self._budgets_loaded()
+        finally:
+            await consumer.stop()
+
+    def _budgets_loaded(self) -> None:
+        logger.info("%s budgets in force", len(self.registry))
+        self.budgets_ready.set()
+
+    def _apply_budget_record(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        budget_id = key.decode("utf-8", "replace")
+        if value is None:
+            self.registry.remove(budget_id)
+            logger.info("budget %s removed", budget_id)
+            return
+        try:
+            budget = Budget.model_validate(json.loads(value))
+        except ValueError:
+            logger.exception("budget record %s is invalid; ignored", budget_id)
+            return
+        self.registry.put(budget)
+        if self.budgets_ready.is_set():
+            logger.info("budget %s updated", budget_id)
+
+    # -- the status endpoint ----------------------------------------------
+
+    def _add_pages(self, app: faust.App) -> None:
+        worker = self
+
+        @app.page("/meterline/status")
+        class Status(View):
+            async def get(self, request: Request) -> Response:
+                return self.json(worker.status())
+
+        @app.page("/meterline/totals")
+        class Totals(View):
+            async def get(self, request: Request) -> Response:
+                return self.json(worker.totals())
+
+    def status(self) -> dict[str, Any]:
+        """Readiness and counters of this worker process."""
+        assigned = self.app.consumer.assignment() if self.app.consumer else set()
+        return {
+            "ready": self.budgets_ready.is_set() and bool(assigned),
+            "budgets": len(self.registry),
+            "partitions": sorted(
+                tp.partition
+                for tp in assigned
+                if tp.topic == self.usage_topic.get_topic_name()
+            ),
+            "stats": self.stats,
+        }
+
+    def totals(self) -> dict[str, Any]:
+        """Live per-team totals and period counters held by this worker."""
+        out: dict[str, Any] = {}
+        for team, data in self.teams.items():
+            state = TeamState.from_json(data)
+            out[team] = {
+                "events": state.events,
+                "tokens": state.total_tokens,
+                "buckets": state.tokens,
+                "usd": str(state.usd),
+                "unknown_cost_events": state.unknown_cost_events,
+                "periods": {
+                    key: {"tokens": c.tokens, "usd": str(c.usd), "events": c.events}
+                    for key, c in state.periods.items()
+                },
+                "budgets": [
+                    _budget_status(b, state) for b in self.registry.for_team(team)
+                ],
+            }
+        return out
+
+
+def _raw_topic(app: faust.App, name: str) -> faust.TopicT:
+    """A topic whose keys and values are bytes; meterline does its own JSON."""
+    return app.topic(name, key_serializer="raw", value_serializer="raw", internal=False)
+
+
+def _budget_status(budget: Budget, state: TeamState) -> dict[str, Any]:
+    """Usage of the current period of a budget, as of the team's watermark."""
+    instant = datetime.fromtimestamp(max(state.watermark_ms, 0) / 1000, UTC)
+    period = period_of(
+        instant, budget.period, budget.timezone, week_start=budget.week_start
+    )
+    counter = state.periods.get(period.key)
+    tokens = counter.tokens if counter else 0
+    usd = counter.usd if counter else Decimal(0)
+    return {
+        "id": budget.id,
+        "period_start": period.start.isoformat(),
+        "tokens": tokens,
+        "usd": str(usd),
+        "tokens_limit": budget.tokens,
+        "usd_limit": str(budget.usd) if budget.usd is not None else None,
+    }
+
+
+def run_worker(settings: Settings, *, loglevel: str = "info") -> None:
+    """Run the worker in the foreground until SIGTERM or SIGINT."""
+    worker = Worker(settings)
+    faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

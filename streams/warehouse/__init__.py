@@ -1,0 +1,1 @@
+"""The warehouse: the embedded ClickHouse (chdb) and the HTTP server that owns it."""

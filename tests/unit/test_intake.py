@@ -1,0 +1,93 @@
+from datetime import timedelta
+
+import pytest
+
+from streams import json
+from streams.intake import RejectedError, Source, dead_letter, decode, fingerprint
+from tests.unit.factories import NOW, event_dict, usage_event
+
+LIMIT = 10_000
+
+
+def without(field: str) -> bytes:
+    return json.dumps({k: v for k, v in event_dict().items() if k != field})
+
+
+def run(value: bytes) -> object:
+    return decode(value, now=NOW, future_skew=timedelta(minutes=5), max_bytes=LIMIT)
+
+
+def test_valid_event_is_accepted_with_unknown_fields_kept() -> None:
+    event = run(json.dumps(event_dict(custom_field={"x": 1})))
+    assert event.team == "research"  # type: ignore[attr-defined]
+    assert event.model_extra == {"custom_field": {"x": 1}}  # type: ignore[attr-defined]
+    assert event.tokens.total == 1500  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"x" * (LIMIT + 1), "oversized"),
+        (b"\xff\xfe{}", "not_utf8"),
+        (b"{not json", "not_json"),
+        (b"[1, 2]", "not_object"),
+        (b'"a string"', "not_object"),
+        (json.dumps(event_dict(schema_version=2)), "unknown_schema_version"),
+        (json.dumps(event_dict(schema_version=True)), "unknown_schema_version"),
+        (without("team"), "invalid"),
+        (json.dumps(event_dict(team="")), "invalid"),
+        (without("event_id"), "invalid"),
+        (json.dumps(event_dict(tokens={"in_uncached": -1})), "invalid"),
+        (json.dumps(event_dict(tokens={"in_uncached": 1.5})), "invalid"),
+        (json.dumps(event_dict(tokens={"in_uncached": "12"})), "invalid"),
+        (json.dumps(event_dict(tokens={"in_uncached": True})), "invalid"),
+        (json.dumps(event_dict(tokens={"in_uncached": 10**12})), "invalid"),
+        (json.dumps(event_dict(tokens={"bogus": 1})), "invalid"),
+        (b'{"schema_version":1,"event_id":"e","ts":"2026-12-03T11:00:00Z",'
+         b'"team":"t","tokens":{"out_visible":NaN}}', "not_json"),
+        (json.dumps(event_dict(ts="2026-12-03T11:00:00")), "invalid"),
+        (json.dumps(event_dict(ts="2026-12-03T12:06:00+00:00")), "invalid"),
+        (json.dumps(event_dict(ts="yesterday")), "invalid"),
+        (json.dumps(event_dict(cost_usd=-1)), "invalid"),
+        (json.dumps(event_dict(tags={"k": 1})), "invalid"),
+    ],
+)  # fmt: skip
+def test_bad_records_are_rejected_with_a_reason(value: bytes, reason: str) -> None:
+    with pytest.raises(RejectedError) as caught:
+        run(value)
+    assert caught.value.reason == reason
+    assert caught.value.detail
+
+
+def test_timestamp_within_skew_is_accepted() -> None:
+    event = run(json.dumps(event_dict(ts="2026-12-03T12:04:59+00:00")))
+    assert event.ts.isoformat() == "2026-12-03T12:04:59+00:00"  # type: ignore[attr-defined]
+
+
+def test_offset_timestamp_is_kept_as_the_same_instant() -> None:
+    event = run(json.dumps(event_dict(ts="2026-12-03T12:30:00+01:00")))
+    assert event.ts.timestamp() == NOW.timestamp() - 30 * 60  # type: ignore[attr-defined]
+
+
+def test_invalid_rejection_names_the_event_and_team() -> None:
+    with pytest.raises(RejectedError) as caught:
+        run(json.dumps(event_dict(tokens={"in_uncached": -1})))
+    assert caught.value.event_id == "evt-1"
+    assert caught.value.team == "research"
+    assert "tokens.in_uncached" in caught.value.detail
+
+
+def test_fingerprint_ignores_timestamp_but_not_tokens() -> None:
+    first = usage_event()
+    retried = usage_event(ts="2026-12-03T11:00:05+00:00")
+    changed = usage_event(tokens={"in_uncached": 1001, "out_visible": 500})
+    assert fingerprint(first) == fingerprint(retried)
+    assert fingerprint(first) != fingerprint(changed)
+
+
+def test_dead_letter_keeps_original_bytes_and_position() -> None:
+    rejected = RejectedError("not_json", "bad")
+    letter = dead_letter(b"\x00raw", Source("t", 3, 42, b"team"), rejected, at=NOW)
+    assert (letter.topic, letter.partition, letter.offset) == ("t", 3, 42)
+    assert letter.payload_b64 == "AHJhdw=="
+    assert letter.key_b64 == "dGVhbQ=="
