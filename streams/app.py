@@ -70,12 +70,18 @@ class Worker:
             web_in_thread=False,
             producer_acks=-1,
             consumer_auto_offset_reset="earliest",
+            # Standby copies would share the in-memory store with active
+            # partitions and be counted in /meterline/totals; recovery from the
+            # changelog on restart is enough at this scale.
+            table_standby_replicas=0,
         )
         self.usage_topic = _raw_topic(app, s.topic_usage)
         self.accepted_topic = _raw_topic(app, s.topic_accepted)
         self.dlq_topic = _raw_topic(app, s.topic_dlq)
         self.breaches_topic = _raw_topic(app, s.topic_breaches)
-        schema = faust.Schema(key_serializer="json", value_serializer="json")
+        schema: faust.Schema[str, Any] = faust.Schema(
+            key_serializer="json", value_serializer="json"
+        )
         self.teams = app.Table("teams", partitions=s.usage_partitions, schema=schema)
         self.seen = app.Table("seen", partitions=s.usage_partitions, schema=schema)
         app.agent(self.usage_topic, name="meterline.intake")(self._process)

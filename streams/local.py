@@ -79,6 +79,8 @@ class Stack:
         self.settings = settings
         self.var = settings.var_dir.resolve()
         self.run_dir = self.var / "run"
+        # Children started by this object; kept so they can be reaped.
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
         self.log_dir = self.var / "log"
         s = settings
         py = [sys.executable, "-m", "streams.cli"]
@@ -149,6 +151,7 @@ class Stack:
             start_new_session=True,
         )
         log.close()
+        self._children[service.name] = process
         self._pid_file(service.name).write_text(str(process.pid))
         logger.info("started %s (pid %s)", service.name, process.pid)
 
@@ -197,6 +200,9 @@ class Stack:
             os.killpg(pid, signal.SIGKILL)
             while _alive(pid):
                 time.sleep(0.1)
+        child = self._children.pop(name, None)
+        if child is not None:
+            child.wait()
         self._pid_file(name).unlink(missing_ok=True)
         on_progress(f"{name}: stopped")
 

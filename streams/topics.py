@@ -87,7 +87,9 @@ def ensure_topics(settings: Settings) -> list[str]:
 def consumer_lag(settings: Settings, group: str, topics: list[str]) -> int:
     """Records in `topics` not yet committed by consumer group `group`."""
     client = admin(settings)
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
+    )
     try:
         tps = [
             TopicPartition(t, p)
@@ -95,7 +97,7 @@ def consumer_lag(settings: Settings, group: str, topics: list[str]) -> int:
             for p in sorted(consumer.partitions_for_topic(t) or ())
         ]
         ends = consumer.end_offsets(tps)
-        committed = client.list_consumer_group_offsets(group)
+        committed = client.list_group_offsets({group: None}).get(group, {})
         return sum(
             ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps
         )
