@@ -1,8 +1,12 @@
 """Accounting: per-team counters, all-time and per calendar period.
 
 A team's whole state is one `TeamState`, so the worker writes one table entry
-per team per event (or per batch) rather than one per counter. Periods are
-computed by `streams.periods`; a period is closed once the team's event-time
+per team per event (or per batch) rather than one per counter. That one entry
+also records the last source offset applied and the breaches fired (with their
+payloads): a replay after a crash can then tell an event already counted from a
+new one, and re-send the outputs that may have been lost, from one atomic write.
+
+Periods are computed by `streams.periods`; a period is closed once the team's event-time
 watermark passes its end plus a grace; events for a closed period still count in
 the all-time totals (and reach the warehouse) but are flagged `late_period`.
 """
@@ -40,6 +44,16 @@ class Counter:
 
 
 @dataclass(slots=True)
+class Fired:
+    """A breach fired in an open period: where it came from, and what was sent."""
+
+    end_ms: int
+    partition: int
+    offset: int
+    payload: dict[str, Any]
+
+
+@dataclass(slots=True)
 class TeamState:
     """Everything the worker knows about one team."""
 
@@ -49,7 +63,8 @@ class TeamState:
     unknown_cost_events: int = 0
     watermark_ms: int = 0
     periods: dict[str, Counter] = field(default_factory=dict)
-    fired: dict[str, int] = field(default_factory=dict)
+    fired: dict[str, Fired] = field(default_factory=dict)
+    offsets: dict[int, int] = field(default_factory=dict)
 
     @property
     def total_tokens(self) -> int:
@@ -67,7 +82,11 @@ class TeamState:
                 key: [c.end_ms, c.tokens, str(c.usd), c.events]
                 for key, c in self.periods.items()
             },
-            "fired": self.fired,
+            "fired": {
+                k: [f.end_ms, f.partition, f.offset, f.payload]
+                for k, f in self.fired.items()
+            },
+            "offsets": {str(p): o for p, o in self.offsets.items()},
         }
 
     @classmethod
@@ -83,8 +102,28 @@ class TeamState:
                 key: Counter(int(v[0]), int(v[1]), Decimal(v[2]), int(v[3]))
                 for key, v in data["periods"].items()
             },
-            fired={k: int(v) for k, v in data["fired"].items()},
+            fired={
+                k: Fired(int(v[0]), int(v[1]), int(v[2]), v[3])
+                for k, v in data["fired"].items()
+            },
+            offsets={int(p): int(o) for p, o in data.get("offsets", {}).items()},
         )
+
+    def applied(self, partition: int, offset: int) -> bool:
+        """Whether the record at `offset` of `partition` is already counted."""
+        return offset <= self.offsets.get(partition, -1)
+
+    def mark_applied(self, partition: int, offset: int) -> None:
+        """Record that the record at `offset` of `partition` is counted."""
+        self.offsets[partition] = max(offset, self.offsets.get(partition, -1))
+
+    def breaches_from(self, partition: int, offset: int) -> list[dict[str, Any]]:
+        """Payloads of the breaches the record at `offset` fired (for a replay)."""
+        return [
+            f.payload
+            for f in self.fired.values()
+            if f.partition == partition and f.offset == offset
+        ]
 
 
 def to_ms(instant: datetime) -> int:
@@ -142,5 +181,5 @@ def expire(state: TeamState, *, grace_ms: int) -> None:
     horizon = state.watermark_ms - grace_ms
     for key in [k for k, c in state.periods.items() if c.end_ms <= horizon]:
         del state.periods[key]
-    for key in [k for k, end in state.fired.items() if end <= horizon]:
+    for key in [k for k, f in state.fired.items() if f.end_ms <= horizon]:
         del state.fired[key]

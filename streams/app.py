@@ -31,6 +31,7 @@ from schemas.usage import AcceptedUsage, UsageEvent
 from streams import json
 from streams.accounting import TeamState, apply, to_ms
 from streams.budgets import BudgetRegistry, calendars_of, evaluate
+from streams.dedupe import Expiry
 from streams.intake import RejectedError, Source, dead_letter, decode, fingerprint
 from streams.periods import period_of
 from streams.pricing import Pricer, load_overrides
@@ -38,8 +39,10 @@ from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-#: How often the de-duplication table is swept for ids past the horizon.
+#: How often, per partition, remembered ids past the horizon are forgotten.
 SEEN_SWEEP_SECONDS = 30.0
+#: Pause before the budgets reader reconnects after an error.
+BUDGET_RETRY_SECONDS = 5.0
 
 
 class Worker:
@@ -53,7 +56,9 @@ class Worker:
         self.stats: dict[str, int] = dict.fromkeys(
             ("accepted", "duplicates", "dead_lettered", "breaches"), 0
         )
-        self.max_event_ms = 0
+        self.expiry = Expiry(
+            settings.dedupe_horizon_s * 1000, every_s=SEEN_SWEEP_SECONDS
+        )
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
@@ -86,7 +91,6 @@ class Worker:
         self.seen = app.Table("seen", partitions=s.usage_partitions, schema=schema)
         app.agent(self.usage_topic, name="meterline.intake")(self._process)
         app.task(self._follow_budgets)
-        app.timer(SEEN_SWEEP_SECONDS)(self._sweep_seen)
         self._add_pages(app)
         return app
 
@@ -131,18 +135,44 @@ class Worker:
             return
 
         priced = self.pricer.price(event)
-        budgets = self.registry.for_team(event.team)
         state = self._team_state(event.team)
         flags = list(priced.flags)
-        flags += apply(
-            state,
-            event,
-            priced.cost_usd,
-            calendars_of(budgets),
-            grace_ms=s.period_grace_s * 1000,
-        )
-        breaches = evaluate(budgets, state, event, now=now)
-        self.teams[event.team] = state.to_json()
+        if state.applied(source.partition, source.offset):
+            # A replay after a crash: the event is counted already, but what it
+            # sent may have been lost. Send it again; every output is idempotent.
+            breach_payloads = state.breaches_from(source.partition, source.offset)
+            logger.info(
+                "replayed %s[%s]@%s is already counted; re-sending its outputs",
+                source.topic,
+                source.partition,
+                source.offset,
+            )
+        else:
+            budgets = self.registry.for_team(event.team)
+            flags += apply(
+                state,
+                event,
+                priced.cost_usd,
+                calendars_of(budgets),
+                grace_ms=s.period_grace_s * 1000,
+            )
+            breaches = evaluate(
+                budgets, state, event, now=now, origin=(source.partition, source.offset)
+            )
+            state.mark_applied(source.partition, source.offset)
+            self.teams[event.team] = state.to_json()
+            breach_payloads = [b.model_dump(mode="json") for b in breaches]
+            self.stats["accepted"] += 1
+            self.stats["breaches"] += len(breaches)
+            for breach in breaches:
+                logger.info(
+                    "budget %s crossed %s of its %s limit for team %s (period from %s)",
+                    breach.budget_id,
+                    breach.threshold,
+                    breach.measure,
+                    breach.team,
+                    breach.period_start.isoformat(),
+                )
 
         accepted = AcceptedUsage(
             event=event,
@@ -155,35 +185,36 @@ class Worker:
             source_partition=source.partition,
             source_offset=source.offset,
         )
-        team_key = event.team.encode()
         await self.accepted_topic.send(
-            key=team_key, value=json.dumps(accepted.model_dump(mode="json"))
+            key=event.team.encode(), value=json.dumps(accepted.model_dump(mode="json"))
         )
-        for breach in breaches:
-            logger.info(
-                "budget %s crossed %s of its %s limit for team %s (period from %s)",
-                breach.budget_id,
-                breach.threshold,
-                breach.measure,
-                breach.team,
-                breach.period_start.isoformat(),
-            )
+        for payload in breach_payloads:
             await self.breaches_topic.send(
-                key=breach.budget_id.encode(),
-                value=json.dumps(breach.model_dump(mode="json")),
+                key=str(payload["budget_id"]).encode(), value=json.dumps(payload)
             )
-        self.stats["accepted"] += 1
-        self.stats["breaches"] += len(breaches)
-        self.max_event_ms = max(self.max_event_ms, to_ms(event.ts))
 
     async def _first_sighting(
         self, event: UsageEvent, value: bytes | None, source: Source
     ) -> bool:
-        """Record the event id; False for a repeat (dropped or dead-lettered)."""
+        """Record the event id; False for a repeat (dropped or dead-lettered).
+
+        The id is stored with the partition and offset that first carried it,
+        so the same record read again after a crash is not taken for a repeat.
+        """
         print_ = fingerprint(event)
         prior = self.seen.get(event.event_id)
         if prior is None:
-            self.seen[event.event_id] = [print_, to_ms(event.ts)]
+            now_ms = to_ms(datetime.now(UTC))
+            self._forget_old_ids(source.partition, now_ms)
+            self.seen[event.event_id] = [
+                print_,
+                now_ms,
+                source.partition,
+                source.offset,
+            ]
+            self.expiry.note(source.partition, now_ms, event.event_id)
+            return True
+        if prior[2:4] == [source.partition, source.offset]:
             return True
         if prior[0] == print_:
             self.stats["duplicates"] += 1
@@ -228,17 +259,49 @@ class Worker:
 
     # -- housekeeping -----------------------------------------------------
 
-    async def _sweep_seen(self) -> None:
-        horizon = self.max_event_ms - self.settings.dedupe_horizon_s * 1000
-        if horizon <= 0:
-            return
-        stale = [k for k, v in self.seen.items() if v[1] < horizon]
-        for key in stale:
-            del self.seen[key]
+    def _forget_old_ids(self, partition: int, now_ms: int) -> None:
+        """Drop this partition's ids past the horizon (inside its stream)."""
+        if not self.expiry.known(partition):
+            self.expiry.load(
+                partition,
+                (
+                    (int(v[1]), k)
+                    for k, v in self.seen.items()
+                    if len(v) > 2 and v[2] == partition
+                ),
+            )
+        stale = self.expiry.sweep(partition, now_ms)
+        for event_id in stale:
+            entry = self.seen.get(event_id)
+            if entry is not None and len(entry) > 2 and entry[2] == partition:
+                del self.seen[event_id]
         if stale:
-            logger.info("forgot %s event ids older than the horizon", len(stale))
+            logger.info(
+                "forgot %s event ids of partition %s past the horizon",
+                len(stale),
+                partition,
+            )
 
     async def _follow_budgets(self) -> None:
+        """Follow the budgets topic forever; a failure restarts the reader.
+
+        An exception escaping a Faust task would stop the whole worker, so
+        errors are logged and the reader starts again after a pause.
+        """
+        while True:
+            try:
+                await self._read_budgets()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception(
+                    "reading %s failed; retrying in %s s",
+                    self.settings.topic_budgets,
+                    BUDGET_RETRY_SECONDS,
+                )
+                await asyncio.sleep(BUDGET_RETRY_SECONDS)
+
+    async def _read_budgets(self) -> None:
         """Read the compacted budgets topic from the start, forever."""
         s = self.settings
         consumer = AIOKafkaConsumer(

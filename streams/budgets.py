@@ -16,7 +16,7 @@ from decimal import Decimal
 from schemas.breach import BreachEvent, Measure
 from schemas.budget import Budget, severity_for
 from schemas.usage import UsageEvent
-from streams.accounting import Calendar, TeamState
+from streams.accounting import Calendar, Fired, TeamState
 from streams.periods import Period, period_of
 
 
@@ -43,10 +43,12 @@ def evaluate(
     event: UsageEvent,
     *,
     now: datetime,
+    origin: tuple[int, int] = (-1, -1),
 ) -> list[BreachEvent]:
     """Breaches newly crossed after `event` was applied to `state`.
 
-    Marks each returned breach as fired in `state`.
+    Records each returned breach as fired in `state`, with `origin` (the source
+    partition and offset of the event) so a replay can re-send it.
     """
     out: list[BreachEvent] = []
     for budget in sorted(budgets, key=lambda b: b.id):
@@ -68,27 +70,28 @@ def evaluate(
                 bid = breach_id(budget.id, period, measure, threshold)
                 if bid in state.fired:
                     continue
-                state.fired[bid] = period.end_ms
-                out.append(
-                    BreachEvent(
-                        breach_id=bid,
-                        budget_id=budget.id,
-                        team=budget.team,
-                        period=budget.period,
-                        timezone=budget.timezone,
-                        period_start=period.start,
-                        period_end=period.end,
-                        measure=measure,
-                        threshold=threshold,
-                        limit=limit,
-                        used=used,
-                        ratio=(used / limit).quantize(Decimal("0.000001")),
-                        severity=severity_for(threshold),
-                        triggering_event_id=event.event_id,
-                        event_ts=event.ts,
-                        detected_at=now,
-                    )
+                breach = BreachEvent(
+                    breach_id=bid,
+                    budget_id=budget.id,
+                    team=budget.team,
+                    period=budget.period,
+                    timezone=budget.timezone,
+                    period_start=period.start,
+                    period_end=period.end,
+                    measure=measure,
+                    threshold=threshold,
+                    limit=limit,
+                    used=used,
+                    ratio=(used / limit).quantize(Decimal("0.000001")),
+                    severity=severity_for(threshold),
+                    triggering_event_id=event.event_id,
+                    event_ts=event.ts,
+                    detected_at=now,
                 )
+                state.fired[bid] = Fired(
+                    period.end_ms, *origin, breach.model_dump(mode="json")
+                )
+                out.append(breach)
     return out
 
 

@@ -30,7 +30,7 @@ from streams.importers.claude_code import read_transcripts
 from streams.local import ROOT, Stack
 from streams.settings import Settings
 from streams.simulate import Fleet, send_fleet
-from streams.topics import wait_drained
+from streams.topics import consumer_lag
 from streams.warehouse.client import connect
 
 console = Console()
@@ -74,7 +74,6 @@ def _run(settings: Settings, events: int) -> int:
     budgets = load_budget_file(EXAMPLES / "budgets.yaml")
     apply_budgets(settings, budgets)
     console.print(f"applied {len(budgets.budgets)} budgets from examples/budgets.yaml")
-    limits = {b.team: b for b in budgets.budgets}
     breaches = _BreachPrinter(settings)
     breaches.start()
     time.sleep(1.0)
@@ -85,8 +84,8 @@ def _run(settings: Settings, events: int) -> int:
         f"simulating {events:,} calls of {len(fleet.agents)} agents over 3 hours of "
         f"event time (seed {seed}); research-agent-00 is a runaway"
     )
-    sent = {"n": 0}
-    done = threading.Event()
+    progress = {"sent": 0, "worker_lag": -1, "sink_lag": -1}
+    produced = threading.Event()
 
     def produce() -> None:
         send_fleet(
@@ -94,24 +93,38 @@ def _run(settings: Settings, events: int) -> int:
             fleet,
             events,
             span=timedelta(hours=3),
-            on_progress=lambda n: sent.__setitem__("n", n),
+            on_progress=lambda n: progress.__setitem__("sent", n),
         )
-        sent["n"] = events
-        done.set()
+        progress["sent"] = events
+        _send_extras(settings)
+        produced.set()
 
     threading.Thread(target=produce, daemon=True).start()
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    drained = False
     with Live(console=console, refresh_per_second=2) as live:
-        while not done.is_set():
-            live.update(_live_table(settings, limits, sent["n"], events))
+        while time.monotonic() < deadline:
+            if produced.is_set():
+                progress["worker_lag"] = consumer_lag(
+                    settings, settings.app_id, [settings.topic_usage]
+                )
+                progress["sink_lag"] = consumer_lag(
+                    settings, settings.sink_group, _sink_topics(settings)
+                )
+                drained = progress["worker_lag"] == 0 and progress["sink_lag"] == 0
+            live.update(_live_table(settings, progress, events))
+            if drained:
+                break
             time.sleep(0.5)
-        live.update(_live_table(settings, limits, sent["n"], events))
-
-    _send_extras(settings)
-    console.print("waiting for the worker and the sink to catch up ...")
-    _drain(settings)
     breaches.stop()
-    console.print(_live_table(settings, limits, events, events))
+    if not drained:
+        console.print("[red]the pipeline did not drain in time; see var/log/[/red]")
+        return 1
     return _compare(settings)
+
+
+def _sink_topics(settings: Settings) -> list[str]:
+    return [settings.topic_accepted, settings.topic_breaches, settings.topic_dlq]
 
 
 def _send_extras(settings: Settings) -> None:
@@ -134,12 +147,15 @@ def _worker_get(settings: Settings, path: str) -> Any:
         return json.loads(response.read())
 
 
-def _live_table(
-    settings: Settings, limits: dict[str, Any], sent: int, total: int
-) -> Table:
+def _live_table(settings: Settings, progress: dict[str, int], total: int) -> Table:
+    lag = ""
+    if progress["worker_lag"] >= 0:
+        lag = (
+            f" · lag: worker {progress['worker_lag']:,}, sink {progress['sink_lag']:,}"
+        )
     table = Table(
-        "team", "events", "tokens", "cost (USD)", "unknown cost", "% of budget",
-        title=f"live per-team totals from the worker — sent {sent:,}/{total:,}",
+        "team", "events", "tokens", "USD", "no price", "budget used",
+        title=f"live totals from the worker · sent {progress['sent']:,}/{total:,}{lag}",
     )  # fmt: skip
     try:
         totals = _worker_get(settings, "totals")
@@ -147,25 +163,28 @@ def _live_table(
         return table
     for team in sorted(totals):
         row = totals[team]
-        share = ""
+        used = []
         for b in row.get("budgets", []):
-            parts = []
             if b["tokens_limit"]:
-                parts.append(f"{100 * b['tokens'] / b['tokens_limit']:.0f}% tokens")
+                used.append(f"{100 * b['tokens'] / b['tokens_limit']:.0f}% tok")
             if b["usd_limit"]:
-                parts.append(
-                    f"{100 * Decimal(b['usd']) / Decimal(b['usd_limit']):.0f}% usd"
+                used.append(
+                    f"{100 * Decimal(b['usd']) / Decimal(b['usd_limit']):.0f}% $"
                 )
-            share += f"{b['id']}: {', '.join(parts)} "
         table.add_row(
             team,
             f"{row['events']:,}",
             f"{row['tokens']:,}",
             f"{Decimal(row['usd']):,.2f}",
             str(row["unknown_cost_events"]),
-            share.strip(),
+            ", ".join(used),
         )
     return table
+
+
+def _pair(worker: Any, stored: Any) -> str:
+    shown = f"{worker:,}" if isinstance(worker, int) else f"{worker:,.6f}"
+    return shown if worker == stored else f"{shown} ≠ {stored}"
 
 
 class _BreachPrinter(threading.Thread):
@@ -207,14 +226,6 @@ class _BreachPrinter(threading.Thread):
         self.join(timeout=5)
 
 
-def _drain(settings: Settings) -> None:
-    def progress(worker: int, sink: int) -> None:
-        console.print(f"  lag: worker {worker:,}, sink {sink:,}")
-
-    if not wait_drained(settings, timeout_s=DRAIN_TIMEOUT_S, on_progress=progress):
-        console.print("[red]the pipeline did not drain in time[/red]")
-
-
 def _compare(settings: Settings) -> int:
     live = _worker_get(settings, "totals")
     client = connect(settings)
@@ -226,25 +237,23 @@ def _compare(settings: Settings) -> int:
         ).result_rows
     }
     table = Table(
-        "team", "worker events", "ClickHouse events", "worker tokens",
-        "ClickHouse tokens", "worker USD", "ClickHouse USD", "match",
+        "team", "events (worker = ClickHouse)", "tokens", "USD", "match",
         title="worker live totals vs ClickHouse",
     )  # fmt: skip
     ok = True
     for team in sorted(set(live) | set(stored)):
         w = live.get(team, {"events": 0, "tokens": 0, "usd": "0"})
         c_events, c_tokens, c_usd = stored.get(team, (0, 0, Decimal(0)))
-        same = (
-            w["events"] == c_events
-            and w["tokens"] == c_tokens
-            and Decimal(w["usd"]) == Decimal(c_usd or 0)
-        )
+        w_usd, c_usd = Decimal(w["usd"]), Decimal(c_usd or 0)
+        same = w["events"] == c_events and w["tokens"] == c_tokens and w_usd == c_usd
         ok &= same
         table.add_row(
-            team, f"{w['events']:,}", f"{c_events:,}", f"{w['tokens']:,}",
-            f"{c_tokens:,}", str(Decimal(w["usd"])), str(Decimal(c_usd or 0)),
+            team,
+            _pair(w["events"], c_events),
+            _pair(w["tokens"], c_tokens),
+            _pair(w_usd, c_usd),
             "[green]yes[/green]" if same else "[red]NO[/red]",
-        )  # fmt: skip
+        )
     console.print(table)
     dead = client.query(
         "SELECT reason, count() FROM dead_letters GROUP BY reason ORDER BY reason"

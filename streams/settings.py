@@ -69,7 +69,8 @@ class Settings(BaseSettings):
     dedupe_horizon_s: int = Field(
         6 * 3600,
         ge=60,
-        description="How long, in seconds of event time, an event id is remembered.",
+        description="How long, in seconds after it was first seen, an event id is "
+        "remembered for de-duplication.",
     )
     period_grace_s: int = Field(
         3600,

@@ -21,6 +21,7 @@ import signal
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -142,16 +143,53 @@ def dead_letter_row(record: dict[str, Any]) -> list[Any]:
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class TableSpec:
+    """Where one topic's records go, and what identifies a row.
+
+    `key_sql` is the SQL expression of a row's identity and `key_of` computes
+    it from a row; rows whose identity is already stored are not inserted
+    again. `ts_column`, when set, names a column (the row's second value) that
+    bounds the look-up to the batch's time range.
+    """
+
+    table: str
+    columns: list[str]
+    to_row: Callable[[dict[str, Any]], list[Any]]
+    key_sql: str
+    key_of: Callable[[list[Any]], str]
+    ts_column: str | None = None
+
+
+def table_specs(settings: Settings) -> dict[str, TableSpec]:
+    """The topic to table mapping of the sink."""
+    return {
+        settings.topic_accepted: TableSpec(
+            "usage_events", USAGE_COLUMNS, usage_row, "event_id", _first, "ts"
+        ),
+        settings.topic_breaches: TableSpec(
+            "budget_breaches", BREACH_COLUMNS, breach_row, "breach_id", _first
+        ),
+        settings.topic_dlq: TableSpec(
+            "dead_letters",
+            DEAD_LETTER_COLUMNS,
+            dead_letter_row,
+            "concat(topic, '/', toString(partition), '/', toString(offset))",
+            lambda row: f"{row[3]}/{row[4]}/{row[5]}",
+        ),
+    }
+
+
+def _first(row: list[Any]) -> str:
+    return str(row[0])
+
+
 class Sink:
     """Moves the worker's output topics into ClickHouse."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.tables: dict[str, tuple[str, list[str], Callable[..., list[Any]]]] = {
-            settings.topic_accepted: ("usage_events", USAGE_COLUMNS, usage_row),
-            settings.topic_breaches: ("budget_breaches", BREACH_COLUMNS, breach_row),
-            settings.topic_dlq: ("dead_letters", DEAD_LETTER_COLUMNS, dead_letter_row),
-        }
+        self.tables = table_specs(settings)
         self.client = connect(settings)
         self.consumer = KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
@@ -218,48 +256,56 @@ class Sink:
         self.consumer.commit(offsets)
 
     def _write_block(self, tp: TopicPartition, records: Sequence[Any]) -> None:
-        table, columns, to_row = self.tables[tp.topic]
+        spec = self.tables[tp.topic]
         rows = []
         for record in records:
             try:
-                rows.append(to_row(json.loads(record.value)))
+                rows.append(spec.to_row(json.loads(record.value)))
             except (ValueError, KeyError, TypeError):
                 logger.exception(
                     "record %s[%s]@%s cannot be turned into a %s row; skipped",
                     record.topic,
                     record.partition,
                     record.offset,
-                    table,
+                    spec.table,
                 )
-        if table == "usage_events":
-            rows = self._drop_stored(rows)
+        rows = self._drop_stored(spec, rows)
         if not rows:
             return
         token = f"{tp.topic}:{tp.partition}:{records[0].offset}-{records[-1].offset}"
-        self._insert(table, rows, columns, token)
+        self._insert(spec.table, rows, spec.columns, token)
         self.rows_written += len(rows)
-        logger.debug("wrote %s rows to %s (token %s)", len(rows), table, token)
+        logger.debug("wrote %s rows to %s (token %s)", len(rows), spec.table, token)
 
-    def _drop_stored(self, rows: list[list[Any]]) -> list[list[Any]]:
-        """Drop rows whose event id is already in `usage_events` (a replay)."""
-        ids = [row[0] for row in rows]
-        stamps = [int(row[1].timestamp() * 1000) for row in rows]
+    def _drop_stored(self, spec: TableSpec, rows: list[list[Any]]) -> list[list[Any]]:
+        """Drop rows already stored (a replay upstream) or repeated in the batch."""
+        if not rows:
+            return rows
+        keys = [spec.key_of(row) for row in rows]
+        where = f"{spec.key_sql} IN %(keys)s"
+        parameters: dict[str, Any] = {"keys": keys}
+        if spec.ts_column is not None:
+            stamps = [int(row[1].timestamp() * 1000) for row in rows]
+            where += (
+                f" AND {spec.ts_column} BETWEEN fromUnixTimestamp64Milli(%(lo)s, 'UTC')"
+                " AND fromUnixTimestamp64Milli(%(hi)s, 'UTC')"
+            )
+            parameters.update(lo=min(stamps), hi=max(stamps))
         # Client-side binding (%(name)s), so any ClickHouse endpoint understands it.
         result = self.client.query(
-            "SELECT event_id FROM usage_events WHERE ts BETWEEN "
-            "fromUnixTimestamp64Milli(%(lo)s, 'UTC') AND "
-            "fromUnixTimestamp64Milli(%(hi)s, 'UTC') AND event_id IN %(ids)s",
-            parameters={"lo": min(stamps), "hi": max(stamps), "ids": ids},
+            f"SELECT {spec.key_sql} FROM {spec.table} WHERE {where}",
+            parameters=parameters,
         )
-        stored = {r[0] for r in result.result_rows}
-        fresh, seen = [], set(stored)
-        for row in rows:
-            if row[0] in seen:
-                continue
-            seen.add(row[0])
-            fresh.append(row)
+        seen = {r[0] for r in result.result_rows}
+        fresh = []
+        for key, row in zip(keys, rows, strict=True):
+            if key not in seen:
+                seen.add(key)
+                fresh.append(row)
         if len(fresh) != len(rows):
-            logger.info("dropped %s already-stored events", len(rows) - len(fresh))
+            logger.info(
+                "dropped %s rows already in %s", len(rows) - len(fresh), spec.table
+            )
         return fresh
 
     @retry(

@@ -23,6 +23,7 @@ from streams.emit import Emitter
 from streams.governance import apply_budgets, read_budgets
 from streams.local import Stack
 from streams.settings import Settings
+from streams.simulate import Fleet
 from streams.topics import wait_drained
 from streams.warehouse.client import connect
 
@@ -236,3 +237,58 @@ def test_restart_and_full_replay_count_nothing_twice(
     assert len(read_topic(ran, ran.topic_breaches)) == 5
     count = connect(ran).query("SELECT count() FROM usage_events").result_rows
     assert count == [(7,)]
+
+
+def test_worker_killed_mid_stream_counts_everything_once(
+    ran: Settings, stack: Stack
+) -> None:
+    fleet = Fleet(teams=1, agents_per_team=3, seed=11)
+    # All 3000 events inside one UTC month, ending no later than now.
+    month_start = NOW.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = NOW if NOW - month_start > timedelta(hours=1) else month_start - MS
+    generated = fleet.events(3000, end=end, span=timedelta(minutes=50))
+    events = [
+        {**e, "team": "gamma", "event_id": f"g{n}"} for n, e in enumerate(generated)
+    ]
+    expected_tokens = sum(sum(e["tokens"].values()) for e in events)
+    # The limit is the run's exact total: 1.0 fires on the very last event.
+    budget = {"id": "gamma-monthly", "team": "gamma", "period": "month",
+              "tokens": expected_tokens, "thresholds": [0.5, 1]}  # fmt: skip
+    apply_budgets(
+        ran,
+        BudgetFile.model_validate(
+            {"budgets": [*BUDGETS.model_dump()["budgets"], budget]}
+        ),
+    )
+    wait_for_budgets(ran, 3)
+    with Emitter(ran) as emitter:
+        emitter.send_all(events)
+    deadline = time.monotonic() + 60
+    while worker_get(ran, "totals").get("gamma", {}).get("events", 0) < 500:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    stack.stop("worker", kill=True, on_progress=lambda m: None)
+    stack.up(on_progress=lambda m: None)
+    assert wait_drained(ran, timeout_s=180)
+
+    gamma = worker_get(ran, "totals")["gamma"]
+    assert (gamma["events"], gamma["tokens"]) == (3000, expected_tokens)
+    stored = (
+        connect(ran)
+        .query(
+            "SELECT count(), sum(tokens_total) FROM usage_events WHERE team = 'gamma'"
+        )
+        .result_rows
+    )
+    assert stored == [(3000, expected_tokens)]
+    fired = [b for b in read_topic(ran, ran.topic_breaches) if b["team"] == "gamma"]
+    assert {b["threshold"] for b in fired} == {"0.5", "1"}
+    in_warehouse = (
+        connect(ran)
+        .query(
+            "SELECT count(), uniqExact(breach_id) FROM budget_breaches "
+            "WHERE team = 'gamma'"
+        )
+        .result_rows
+    )
+    assert in_warehouse == [(2, 2)]
