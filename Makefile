@@ -38,8 +38,8 @@ demo: install kafka
 	$(BIN)/meterline demo $(DEMO_ARGS)
 
 lint: install
-	$(BIN)/ruff check streams schemas tests bench
-	$(BIN)/ruff format --check streams schemas tests bench
+	$(BIN)/ruff check streams schemas tests
+	$(BIN)/ruff format --check streams schemas tests
 
 typecheck: install
 	$(BIN)/mypy
