@@ -57,17 +57,21 @@ def run_demo(settings: Settings, *, keep: bool, events: int) -> int:
     stack = Stack(settings)
     console.rule("[bold]meterline demo")
     console.print("starting the local stack (first run fetches Kafka; ~1 minute)")
-    stack.up(on_progress=lambda m: console.print(f"  {m}"))
+    started = stack.up(on_progress=lambda m: console.print(f"  {m}"))
     try:
         return _run(settings, events)
     finally:
-        if keep:
+        if keep or not started:
             console.print(
                 "the stack keeps running: `meterline status`, `meterline down`"
             )
         else:
-            console.print("stopping the stack (use --keep to explore it afterwards)")
-            stack.down(on_progress=lambda m: console.print(f"  {m}"))
+            console.print(
+                f"stopping what the demo started: {', '.join(started)} "
+                "(use --keep to explore the stack afterwards)"
+            )
+            for name in reversed(started):
+                stack.stop(name, on_progress=lambda m: console.print(f"  {m}"))
 
 
 def _run(settings: Settings, events: int) -> int:

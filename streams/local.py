@@ -124,8 +124,12 @@ class Stack:
             return None
         return pid
 
-    def up(self, *, on_progress: Callable[[str], None] = print) -> None:
-        """Start every service that is not running; wait until each is ready."""
+    def up(self, *, on_progress: Callable[[str], None] = print) -> list[str]:
+        """Start every service that is not running; wait until each is ready.
+
+        Returns the names of the services this call started.
+        """
+        started: list[str] = []
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for service in self.services:
@@ -137,7 +141,9 @@ class Stack:
             if service.prepare:
                 service.prepare()
             self._start(service)
+            started.append(service.name)
             self._wait(service, on_progress)
+        return started
 
     def _start(self, service: Service) -> None:
         log = open(self.log_dir / f"{service.name}.log", "ab")  # noqa: SIM115
