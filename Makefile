@@ -21,7 +21,7 @@ kafka: $(KAFKA_STAMP)
 $(KAFKA_STAMP): deploy/kafka/pom.xml
 	@echo "fetching Apache Kafka jars from Maven Central into $(KAFKA_LIBS)"
 	rm -rf $(KAFKA_LIBS)
-	mvn --batch-mode --quiet -f deploy/kafka/pom.xml dependency:copy-dependencies \
+	mvn --batch-mode --quiet -f deploy/kafka/pom.xml dependency:copy-dependencies -Dstyle.color=never \
 	    -DoutputDirectory=$(CURDIR)/$(KAFKA_LIBS) -DincludeScope=runtime
 	touch $(KAFKA_STAMP)
 

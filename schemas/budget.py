@@ -63,7 +63,8 @@ class Budget(BaseModel):
     def _known_zone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
+        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+            # OSError: a folder of the zone database, such as 'America'.
             raise ValueError(
                 f"unknown timezone {value!r}: use an IANA name like Europe/Berlin"
             ) from exc

@@ -14,6 +14,7 @@ Reason = Literal[
     "unknown_schema_version",
     "invalid",
     "duplicate_conflict",
+    "wrong_key",
     "internal_error",
 ]
 

@@ -28,6 +28,9 @@ SCHEMA_VERSION = 1
 #: (today's largest context windows are a few million tokens).
 MAX_BUCKET_TOKENS = 100_000_000
 
+#: Events before this are not believable usage of a language model.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+
 #: The disjoint token buckets, in contract order.
 BUCKETS: tuple[str, ...] = (
     "in_uncached",
@@ -132,6 +135,8 @@ class UsageEvent(BaseModel):
         context = info.context or {}
         now: datetime = context.get("now") or datetime.now(UTC)
         skew: timedelta = context.get("future_skew") or timedelta(minutes=5)
+        if value < EARLIEST:
+            raise ValueError(f"timestamp {value.isoformat()} is before 2000-01-01")
         if value - now > skew:
             raise ValueError(
                 f"timestamp {value.isoformat()} is more than "

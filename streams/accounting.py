@@ -14,7 +14,7 @@ the all-time totals (and reach the warehouse) but are flagged `late_period`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -65,6 +65,9 @@ class TeamState:
     periods: dict[str, Counter] = field(default_factory=dict)
     fired: dict[str, Fired] = field(default_factory=dict)
     offsets: dict[int, int] = field(default_factory=dict)
+    #: Every calendar a budget of this team has used: counting goes on in them
+    #: when a budget is removed, so one re-added mid-period sees the whole period.
+    calendars: set[Calendar] = field(default_factory=lambda: {Calendar("UTC")})
 
     @property
     def total_tokens(self) -> int:
@@ -87,6 +90,7 @@ class TeamState:
                 for k, f in self.fired.items()
             },
             "offsets": {str(p): o for p, o in self.offsets.items()},
+            "calendars": sorted([c.timezone, c.week_start] for c in self.calendars),
         }
 
     @classmethod
@@ -107,6 +111,10 @@ class TeamState:
                 for k, v in data["fired"].items()
             },
             offsets={int(p): int(o) for p, o in data.get("offsets", {}).items()},
+            calendars={
+                Calendar(str(tz), int(week))
+                for tz, week in data.get("calendars", [["UTC", 0]])
+            },
         )
 
     def applied(self, partition: int, offset: int) -> bool:
@@ -126,9 +134,13 @@ class TeamState:
         ]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
 def to_ms(instant: datetime) -> int:
-    """UTC epoch milliseconds of an aware datetime."""
-    return int(instant.timestamp() * 1000)
+    """UTC epoch milliseconds of an aware datetime, rounded down (as ClickHouse)."""
+    return (instant - _EPOCH) // _MS
 
 
 def periods_for(instant: datetime, calendars: set[Calendar]) -> list[Period]:

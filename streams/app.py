@@ -26,6 +26,7 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.web import Request, Response, View
 
+from schemas.breach import BreachEvent
 from schemas.budget import Budget
 from schemas.usage import AcceptedUsage, UsageEvent
 from streams import json
@@ -36,6 +37,7 @@ from streams.intake import RejectedError, Source, dead_letter, decode, fingerpri
 from streams.periods import period_of
 from streams.pricing import Pricer, load_overrides
 from streams.settings import Settings
+from streams.topics import OUTPUT_FACTOR
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +73,12 @@ class Worker:
             topic_replication_factor=s.replication_factor,
             topic_allow_declare=True,
             web_host="127.0.0.1",
+            web_bind="127.0.0.1",
             web_port=s.worker_web_port,
             web_in_thread=False,
             producer_acks=-1,
+            # Dead letters carry oversized inputs in base64; they must fit.
+            producer_max_request_size=OUTPUT_FACTOR * s.max_message_bytes + 65536,
             consumer_auto_offset_reset="earliest",
             # Standby copies would share the in-memory store with active
             # partitions and be counted in /meterline/totals; recovery from the
@@ -97,7 +102,9 @@ class Worker:
     # -- the stream -------------------------------------------------------
 
     async def _process(self, stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        await self.budgets_ready.wait()
+        # Never block here: records Faust fetched while an agent waits can be
+        # dropped from its buffers at the end of recovery (budgets are loaded
+        # before the app starts, see `run_worker`).
         async for record in stream.events():
             message = record.message
             source = Source(
@@ -131,16 +138,64 @@ class Worker:
         except RejectedError as rejected:
             await self._dead_letter(value, source, rejected)
             return
-        if not await self._first_sighting(event, value, source):
+        if event.team.encode() != source.key:
+            mis_keyed = RejectedError(
+                "wrong_key",
+                f"the record key {source.key!r} is not the team {event.team!r}; key "
+                "usage by team so a team's events meet on one partition",
+                event_id=event.event_id,
+                team=event.team,
+            )
+            await self._dead_letter(value, source, mis_keyed)
+            return
+        sighting = await self._sighting(event, value, source)
+        if sighting is None:
             return
 
+        # Everything that can fail runs before anything is written, so a record
+        # that fails leaves no trace in the state (and its id is not burnt).
         priced = self.pricer.price(event)
         state = self._team_state(event.team)
         flags = list(priced.flags)
-        if state.applied(source.partition, source.offset):
+        replay = state.applied(source.partition, source.offset)
+        breaches: list[BreachEvent] = []
+        if replay:
+            breach_payloads = state.breaches_from(source.partition, source.offset)
+        else:
+            budgets = self.registry.for_team(event.team)
+            state.calendars.update(calendars_of(budgets))
+            flags += apply(
+                state,
+                event,
+                priced.cost_usd,
+                state.calendars,
+                grace_ms=s.period_grace_s * 1000,
+            )
+            breaches = evaluate(
+                budgets, state, event, now=now, origin=(source.partition, source.offset)
+            )
+            state.mark_applied(source.partition, source.offset)
+            breach_payloads = [b.model_dump(mode="json") for b in breaches]
+        accepted = json.dumps(
+            AcceptedUsage(
+                event=event,
+                cost_usd=priced.cost_usd,
+                cost_source=priced.source,
+                price_model=priced.model,
+                price_provider=priced.provider,
+                flags=flags,
+                ingested_at=now,
+                source_partition=source.partition,
+                source_offset=source.offset,
+            ).model_dump(mode="json")
+        )
+        encoded_breaches = [json.dumps(p) for p in breach_payloads]
+
+        if sighting:
+            self._remember(event, source)
+        if replay:
             # A replay after a crash: the event is counted already, but what it
             # sent may have been lost. Send it again; every output is idempotent.
-            breach_payloads = state.breaches_from(source.partition, source.offset)
             logger.info(
                 "replayed %s[%s]@%s is already counted; re-sending its outputs",
                 source.topic,
@@ -148,20 +203,7 @@ class Worker:
                 source.offset,
             )
         else:
-            budgets = self.registry.for_team(event.team)
-            flags += apply(
-                state,
-                event,
-                priced.cost_usd,
-                calendars_of(budgets),
-                grace_ms=s.period_grace_s * 1000,
-            )
-            breaches = evaluate(
-                budgets, state, event, now=now, origin=(source.partition, source.offset)
-            )
-            state.mark_applied(source.partition, source.offset)
             self.teams[event.team] = state.to_json()
-            breach_payloads = [b.model_dump(mode="json") for b in breaches]
             self.stats["accepted"] += 1
             self.stats["breaches"] += len(breaches)
             for breach in breaches:
@@ -173,50 +215,27 @@ class Worker:
                     breach.team,
                     breach.period_start.isoformat(),
                 )
-
-        accepted = AcceptedUsage(
-            event=event,
-            cost_usd=priced.cost_usd,
-            cost_source=priced.source,
-            price_model=priced.model,
-            price_provider=priced.provider,
-            flags=flags,
-            ingested_at=now,
-            source_partition=source.partition,
-            source_offset=source.offset,
-        )
-        await self.accepted_topic.send(
-            key=event.team.encode(), value=json.dumps(accepted.model_dump(mode="json"))
-        )
-        for payload in breach_payloads:
+        await self.accepted_topic.send(key=source.key, value=accepted)
+        for payload, encoded in zip(breach_payloads, encoded_breaches, strict=True):
             await self.breaches_topic.send(
-                key=str(payload["budget_id"]).encode(), value=json.dumps(payload)
+                key=str(payload["budget_id"]).encode(), value=encoded
             )
 
-    async def _first_sighting(
+    async def _sighting(
         self, event: UsageEvent, value: bytes | None, source: Source
-    ) -> bool:
-        """Record the event id; False for a repeat (dropped or dead-lettered).
+    ) -> bool | None:
+        """True for a new id, False for this very record read again after a
+        crash, None for a repeat (dropped, or dead-lettered as a conflict).
 
-        The id is stored with the partition and offset that first carried it,
-        so the same record read again after a crash is not taken for a repeat.
+        An id is stored with the partition and offset that first carried it,
+        so the same record read again is not taken for a repeat.
         """
-        print_ = fingerprint(event)
         prior = self.seen.get(event.event_id)
         if prior is None:
-            now_ms = to_ms(datetime.now(UTC))
-            self._forget_old_ids(source.partition, now_ms)
-            self.seen[event.event_id] = [
-                print_,
-                now_ms,
-                source.partition,
-                source.offset,
-            ]
-            self.expiry.note(source.partition, now_ms, event.event_id)
             return True
         if prior[2:4] == [source.partition, source.offset]:
-            return True
-        if prior[0] == print_:
+            return False
+        if prior[0] == fingerprint(event):
             self.stats["duplicates"] += 1
             logger.debug(
                 "duplicate event %s at %s[%s]@%s dropped",
@@ -225,7 +244,7 @@ class Worker:
                 source.partition,
                 source.offset,
             )
-            return False
+            return None
         rejected = RejectedError(
             "duplicate_conflict",
             f"event id {event.event_id} was already accepted with different "
@@ -234,7 +253,19 @@ class Worker:
             team=event.team,
         )
         await self._dead_letter(value, source, rejected)
-        return False
+        return None
+
+    def _remember(self, event: UsageEvent, source: Source) -> None:
+        """Store a new event id (and forget this partition's expired ones)."""
+        now_ms = to_ms(datetime.now(UTC))
+        self._forget_old_ids(source.partition, now_ms)
+        self.seen[event.event_id] = [
+            fingerprint(event),
+            now_ms,
+            source.partition,
+            source.offset,
+        ]
+        self.expiry.note(source.partition, now_ms, event.event_id)
 
     def _team_state(self, team: str) -> TeamState:
         data = self.teams.get(team)
@@ -344,8 +375,16 @@ class Worker:
             return
         try:
             budget = Budget.model_validate(json.loads(value))
-        except ValueError:
-            logger.exception("budget record %s is invalid; ignored", budget_id)
+        except Exception as exc:
+            # Whatever is wrong with one record, the others must still load.
+            logger.error("budget record %s is invalid and ignored: %s", budget_id, exc)
+            return
+        if budget.id != budget_id:
+            logger.error(
+                "budget record keyed %s holds budget %s; ignored (key must be the id)",
+                budget_id,
+                budget.id,
+            )
             return
         self.registry.put(budget)
         if self.budgets_ready.is_set():
@@ -378,7 +417,24 @@ class Worker:
                 if tp.topic == self.usage_topic.get_topic_name()
             ),
             "stats": self.stats,
+            "offsets": self._offsets(),
         }
+
+    def _offsets(self) -> dict[str, Any]:
+        """Per usage partition: committed, next to commit, acked range."""
+        # Faust keeps these in private fields; read them defensively.
+        consumer = self.app.consumer
+        acked_by_tp: dict[Any, list[int]] = getattr(consumer, "_acked", {})
+        committed: dict[Any, int | None] = getattr(consumer, "_committed_offset", {})
+        out: dict[str, Any] = {}
+        for tp, acked in list(acked_by_tp.items()):
+            if tp.topic != self.usage_topic.get_topic_name():
+                continue
+            out[str(tp.partition)] = {
+                "committed": committed.get(tp),
+                "acked": [min(acked), max(acked), len(acked)] if acked else [],
+            }
+        return out
 
     def totals(self) -> dict[str, Any]:
         """Live per-team totals and period counters held by this worker."""
@@ -427,6 +483,17 @@ def _budget_status(budget: Budget, state: TeamState) -> dict[str, Any]:
 
 
 def run_worker(settings: Settings, *, loglevel: str = "info") -> None:
-    """Run the worker in the foreground until SIGTERM or SIGINT."""
+    """Run the worker in the foreground until SIGTERM or SIGINT.
+
+    The budgets in force are read before Faust starts, so the first usage
+    record is already evaluated against them; a task then follows changes.
+    """
+    from streams.governance import read_budgets
+    from streams.topics import ensure_topics
+
     worker = Worker(settings)
+    ensure_topics(settings)
+    for budget in read_budgets(settings):
+        worker.registry.put(budget)
+    logger.info("loaded %s budgets before start", len(worker.registry))
     faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

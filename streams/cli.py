@@ -86,6 +86,15 @@ def down() -> None:
 
 
 @app.command()
+def reset() -> None:
+    """Delete the local stack's data (broker, warehouse, logs); keeps the jars."""
+    from streams.local import Stack
+
+    for path in Stack(_settings()).reset():
+        out.print(f"deleted {path}")
+
+
+@app.command()
 def status() -> None:
     """Say what runs where."""
     from streams.local import Stack
@@ -208,7 +217,7 @@ def _team_key(line: bytes) -> bytes | None:
         team = json.loads(line).get("team")
     except (ValueError, AttributeError):
         return None
-    return team.encode() if isinstance(team, str) else None
+    return team.strip().encode() if isinstance(team, str) else None
 
 
 @import_app.command("claude-code")
@@ -240,21 +249,34 @@ def import_claude_code(
 
 @app.command()
 def simulate(
-    events: Annotated[int | None, typer.Option(help="number of events")] = None,
+    events: Annotated[
+        int | None,
+        typer.Option(
+            help="number of events [default: sized by --tokens-per-day]", min=1
+        ),
+    ] = None,
     tokens_per_day: Annotated[
-        float | None, typer.Option(help="size the run by fleet tokens per day")
+        float | None,
+        typer.Option(help="size the run by fleet tokens per day [default: 2e9]", min=1),
     ] = None,
     span_minutes: Annotated[
         float, typer.Option(help="minutes of event time, ending now")
     ] = 180.0,
-    teams: Annotated[int, typer.Option(help="number of teams")] = 4,
-    agents: Annotated[int, typer.Option(help="agents per team")] = 5,
+    teams: Annotated[int, typer.Option(help="number of teams", min=1)] = 4,
+    agents: Annotated[int, typer.Option(help="agents per team", min=1)] = 5,
     rate: Annotated[float, typer.Option(help="events per second to send (0: max)")] = 0,
-    seed: Annotated[int, typer.Option(help="random seed; same seed, same events")] = 7,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="random seed: the same seed and end time give the same events"
+        ),
+    ] = 7,
 ) -> None:
     """Generate a believable fleet's usage (heavy tails, bursts, a runaway)."""
     from streams.simulate import Fleet, send_fleet
 
+    if events is not None and tokens_per_day is not None:
+        raise typer.BadParameter("give --events or --tokens-per-day, not both")
     fleet = Fleet(teams=teams, agents_per_team=agents, seed=seed)
     span = timedelta(minutes=span_minutes)
     if events is None:
@@ -340,12 +362,34 @@ def demo(
 
 
 def main() -> None:
-    """Console entry point; turns meterline errors into a message and exit 1."""
+    """Console entry point: known failures become one clear line and exit 1."""
+    from clickhouse_connect.driver.exceptions import ClickHouseError
+    from kafka.errors import KafkaError
+
     try:
         app()
     except MeterlineError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        sys.exit(1)
+        _fail(str(exc))
+    except ClickHouseError as exc:
+        _fail(f"ClickHouse said: {_first_line(exc)}")
+    except KafkaError as exc:
+        bootstrap = get_settings().kafka_bootstrap
+        _fail(
+            f"Kafka at {bootstrap} failed: {_first_line(exc)}. Is the broker running "
+            "(`meterline up`), or is METERLINE_KAFKA_BOOTSTRAP right?"
+        )
+    except FileNotFoundError as exc:
+        _fail(f"no such file or folder: {exc.filename or exc}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

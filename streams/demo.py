@@ -56,7 +56,7 @@ def run_demo(settings: Settings, *, keep: bool, events: int) -> int:
     """Run the demo; returns the process exit code (0 when totals match)."""
     stack = Stack(settings)
     console.rule("[bold]meterline demo")
-    console.print("starting the local stack (first run fetches Kafka; ~1 minute)")
+    console.print("starting the local stack (broker, warehouse, worker, sink)")
     started = stack.up(on_progress=lambda m: console.print(f"  {m}"))
     try:
         return _run(settings, events)
@@ -121,6 +121,7 @@ def _run(settings: Settings, events: int) -> int:
                 break
             time.sleep(0.5)
     breaches.stop()
+    console.print()
     if not drained:
         console.print("[red]the pipeline did not drain in time; see var/log/[/red]")
         return 1
@@ -158,8 +159,10 @@ def _live_table(settings: Settings, progress: dict[str, int], total: int) -> Tab
             f" · lag: worker {progress['worker_lag']:,}, sink {progress['sink_lag']:,}"
         )
     table = Table(
-        "team", "events", "tokens", "USD", "no price", "budget used",
+        "team", "events", "tokens", "USD", "no price", "this period",
         title=f"live totals from the worker · sent {progress['sent']:,}/{total:,}{lag}",
+        caption="USD counts priced events only; 'no price' events have unknown "
+        "cost. 'this period' is the share of each budget used in its current period.",
     )  # fmt: skip
     try:
         totals = _worker_get(settings, "totals")
@@ -218,11 +221,13 @@ class _BreachPrinter(threading.Thread):
     def _print(self, b: dict[str, Any]) -> None:
         self.seen += 1
         colour = {"info": "cyan", "warning": "yellow", "critical": "red"}[b["severity"]]
+        unit = "tokens" if b["measure"] == "tokens" else "USD"
         console.print(
-            f"[{colour}]BREACH {b['severity']}[/{colour}] {b['budget_id']} "
-            f"({b['team']}, {b['period']} from {b['period_start']}): "
-            f"{b['measure']} at {Decimal(b['ratio']):.0%} of {b['limit']} "
-            f"≥ {Decimal(b['threshold']):.0%}, by event {b['triggering_event_id']}"
+            f"[{colour}]BREACH {b['severity']}[/{colour}] {b['budget_id']}: "
+            f"{b['team']} passed {Decimal(b['threshold']):.0%} of "
+            f"{Decimal(b['limit']):,.0f} {unit} per {b['period']} (now at "
+            f"{Decimal(b['ratio']):.0%}; {b['period']} from {b['period_start']})",
+            highlight=False,
         )
 
     def stop(self) -> None:

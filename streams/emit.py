@@ -32,6 +32,9 @@ class Emitter:
             compression_type="lz4",
             retries=10,
             max_in_flight_requests_per_connection=1,
+            # Let oversized events reach the worker, which dead-letters them
+            # with a reason, rather than failing here without a trace.
+            max_request_size=2 * settings.max_message_bytes,
         )
         self.sent = 0
 
@@ -44,7 +47,8 @@ class Emitter:
     def send(self, event: dict[str, Any]) -> None:
         """Queue one event (a dict of the contract); keyed by its team."""
         team = event.get("team")
-        key = team.encode() if isinstance(team, str) else None
+        # The worker strips whitespace from the team, and checks key == team.
+        key = team.strip().encode() if isinstance(team, str) else None
         self.send_raw(key, json.dumps(event))
 
     def send_raw(self, key: bytes | None, value: bytes) -> None:

@@ -72,8 +72,21 @@ def read_budgets(settings: Settings) -> list[Budget]:
                     key = record.key.decode()
                     if record.value is None:
                         current.pop(key, None)
-                    else:
-                        current[key] = Budget.model_validate(json.loads(record.value))
+                        continue
+                    try:
+                        budget = Budget.model_validate(json.loads(record.value))
+                    except Exception as exc:
+                        logger.error(
+                            "budget record %s at %s[%s]@%s is invalid; ignored: %s",
+                            key,
+                            record.topic,
+                            record.partition,
+                            record.offset,
+                            exc,
+                        )
+                        continue
+                    if budget.id == key:
+                        current[key] = budget
         return [current[k] for k in sorted(current)]
     finally:
         consumer.close()

@@ -18,6 +18,10 @@ from schemas.deadletter import DeadLetter, Reason
 from schemas.usage import SCHEMA_VERSION, UsageEvent
 from streams import json
 
+#: Deepest JSON nesting accepted; a usage event needs 3 levels, raw provider
+#: usage objects a few more. Far below what the JSON library can serialise.
+MAX_DEPTH = 32
+
 
 @dataclass(frozen=True, slots=True)
 class Source:
@@ -73,7 +77,36 @@ def decode(
         raise RejectedError(
             "not_object", f"expected a JSON object, got {type(raw).__name__}"
         )
+    if _depth(raw) > MAX_DEPTH:
+        raise RejectedError(
+            "invalid", f"the JSON is nested deeper than {MAX_DEPTH} levels"
+        )
+    if not isinstance(raw.get("ts"), str):
+        raise RejectedError(
+            "invalid",
+            "ts: must be an RFC 3339 string with an offset, "
+            f"not {type(raw.get('ts')).__name__}",
+            event_id=raw.get("event_id")
+            if isinstance(raw.get("event_id"), str)
+            else None,
+            team=raw.get("team") if isinstance(raw.get("team"), str) else None,
+        )
     return _validate(raw, now=now, future_skew=future_skew)
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            break
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
 
 
 def _validate(
@@ -82,7 +115,7 @@ def _validate(
     event_id = raw.get("event_id") if isinstance(raw.get("event_id"), str) else None
     team = raw.get("team") if isinstance(raw.get("team"), str) else None
     version = raw.get("schema_version")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
+    if type(version) is not int or version != SCHEMA_VERSION:
         raise RejectedError(
             "unknown_schema_version",
             f"schema_version {version!r} is not supported; this worker reads "

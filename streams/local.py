@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -70,6 +71,7 @@ class Service:
     command: Callable[[], list[str]]
     ready: Callable[[], bool]
     prepare: Callable[[], None] | None = None
+    ports: tuple[int, ...] = ()
 
 
 class Stack:
@@ -91,6 +93,7 @@ class Stack:
                 self._broker_command,
                 self._broker_ready,
                 self._prepare_broker,
+                (s.kafka_port, s.kafka_controller_port),
             ),
             Service(
                 "warehouse",
@@ -105,8 +108,14 @@ class Stack:
                 f"http://127.0.0.1:{s.worker_web_port}/meterline/status",
                 lambda: [*py, "worker"],
                 self._worker_ready,
+                ports=(s.worker_web_port,),
             ),
-            Service("sink", s.sink_group, lambda: [*py, "sink"], lambda: True),
+            Service(
+                "sink",
+                f"consumer group {s.sink_group}",
+                lambda: [*py, "sink"],
+                self._sink_ready,
+            ),
         ]
 
     # -- process bookkeeping ------------------------------------------------
@@ -138,6 +147,13 @@ class Stack:
             if self.pid(service.name) is not None:
                 on_progress(f"{service.name}: already running")
                 continue
+            busy = [p for p in service.ports if _port_open(p)]
+            if busy:
+                raise StackError(
+                    f"cannot start {service.name}: port {busy[0]} on 127.0.0.1 is "
+                    "already in use by another program; stop it, or choose other "
+                    "ports with METERLINE_* settings (see README)"
+                )
             if service.prepare:
                 service.prepare()
             self._start(service)
@@ -163,8 +179,10 @@ class Stack:
 
     def _wait(self, service: Service, on_progress: Callable[[str], None]) -> None:
         start = time.monotonic()
+        child = self._children.get(service.name)
         while time.monotonic() - start < READY_TIMEOUT_S:
-            if self.pid(service.name) is None:
+            exited = child is not None and child.poll() is not None
+            if exited or self.pid(service.name) is None:
                 raise StackError(
                     f"{service.name} exited while starting; see "
                     f"{self.log_dir / (service.name + '.log')}"
@@ -183,8 +201,11 @@ class Stack:
 
     def down(self, *, on_progress: Callable[[str], None] = print) -> None:
         """Stop every running service, newest first."""
-        for service in reversed(self.services):
-            self.stop(service.name, on_progress=on_progress)
+        running = [s.name for s in self.services if self.pid(s.name) is not None]
+        if not running:
+            on_progress("nothing was running")
+        for name in reversed(running):
+            self.stop(name, on_progress=on_progress)
 
     def stop(
         self,
@@ -211,6 +232,25 @@ class Stack:
             child.wait()
         self._pid_file(name).unlink(missing_ok=True)
         on_progress(f"{name}: stopped")
+
+    def reset(self) -> list[Path]:
+        """Delete broker data, warehouse data, logs and pids (not the jars)."""
+        running = [s.name for s in self.services if self.pid(s.name) is not None]
+        if running:
+            raise StackError(
+                f"{', '.join(running)} still running: `meterline down` first"
+            )
+        gone = []
+        for path in (
+            self._broker_dir() / "data",
+            self.var / "warehouse",
+            self.log_dir,
+            self.run_dir,
+        ):
+            if path.exists():
+                shutil.rmtree(path)
+                gone.append(path)
+        return gone
 
     def status(self) -> list[tuple[str, str, str]]:
         """(service, state with pid, address) for each service."""
@@ -289,6 +329,16 @@ class Stack:
             return False
         return True
 
+    def sink_ready_file(self) -> Path:
+        """Written by the sink once it has joined its consumer group."""
+        return self.run_dir / "sink.ready"
+
+    def _sink_ready(self) -> bool:
+        try:
+            return self.sink_ready_file().read_text().strip() == str(self.pid("sink"))
+        except FileNotFoundError:
+            return False
+
     def _worker_ready(self) -> bool:
         body = _http_ok(
             f"http://127.0.0.1:{self.settings.worker_web_port}/meterline/status"
@@ -315,7 +365,8 @@ def fetch_kafka(libs: Path) -> None:
     print(f"fetching Apache Kafka jars from Maven Central into {libs} ...", flush=True)
     libs.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
-        ["mvn", "--batch-mode", "--quiet", "-f", str(KAFKA_DEPLOY / "pom.xml"),
+        ["mvn", "--batch-mode", "--quiet", "-Dstyle.color=never",
+         "-f", str(KAFKA_DEPLOY / "pom.xml"),
          "dependency:copy-dependencies", f"-DoutputDirectory={libs}",
          "-DincludeScope=runtime"],
         capture_output=True,

@@ -49,6 +49,35 @@ def _local_midnight(day: date, tz: ZoneInfo) -> datetime:
     return naive.astimezone(UTC).astimezone(tz)
 
 
+def _resolutions(wall: datetime, tz: ZoneInfo) -> set[datetime]:
+    """The instants (UTC) a local wall-clock time can mean: one, or two in a
+    repeated stretch."""
+    return {wall.replace(tzinfo=tz, fold=f).astimezone(UTC) for f in (0, 1)}
+
+
+def _local_hour(instant: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """[start, end) in UTC of the local clock hour holding `instant`.
+
+    Boundaries are the instants whose local time is on the hour. Around a DST
+    change that is not a whole hour (Lord Howe's 30 minutes), one such "hour"
+    runs 30 minutes longer or shorter, as a DST day runs 23 or 25 hours.
+    """
+    moment = instant.astimezone(UTC)
+    wall = instant.astimezone(tz).replace(
+        tzinfo=None, minute=0, second=0, microsecond=0
+    )
+    # Wall hours near the floored one, each meaning one or two instants; the
+    # latest at or before the instant starts the period, the next one ends it.
+    near = sorted(
+        t
+        for step in (-1, 0, 1, 2)
+        for t in _resolutions(wall + timedelta(hours=step), tz)
+    )
+    start = max(t for t in near if t <= moment)
+    end = min(t for t in near if t > moment)
+    return start, end
+
+
 def _add_months(day: date, months: int) -> date:
     index = day.year * 12 + (day.month - 1) + months
     return date(index // 12, index % 12 + 1, 1)
@@ -61,10 +90,8 @@ def period_of(
     tz = zone(timezone)
     local = instant.astimezone(tz)
     if kind == "hour":
-        start_utc = local.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
-        start = start_utc.astimezone(tz)
-        end = (start_utc + timedelta(hours=1)).astimezone(tz)
-        return Period(kind, timezone, start, end)
+        start, end = _local_hour(instant, tz)
+        return Period(kind, timezone, start.astimezone(tz), end.astimezone(tz))
     if kind == "day":
         first = local.date()
         following = first + timedelta(days=1)

@@ -92,6 +92,9 @@ class Fleet:
     ) -> Iterator[dict[str, Any]]:
         """`count` events spread over the `span` of event time that ends at `end`."""
         rng = random.Random(self.seed * 7919 + count)
+        # Ids name the run (its end time), so another run never reuses an id
+        # for different content; the same seed and end give the same events.
+        run = f"{int(end.timestamp()):x}"
         weights = [a.weight for a in self.agents]
         models = [(p, m, r) for p, m, _, r in PORTFOLIO]
         shares = [s for _, _, s, _ in PORTFOLIO]
@@ -107,11 +110,12 @@ class Fleet:
             if agent is self.agents[0]:
                 provider, model, reasoning = "anthropic", "claude-opus-4-1", False
             ts = start + step * n + timedelta(milliseconds=rng.randint(0, 999))
-            yield self._event(rng, n, agent, provider, model, reasoning, ts)
+            yield self._event(rng, run, n, agent, provider, model, reasoning, ts)
 
     def _event(
         self,
         rng: random.Random,
+        run: str,
         n: int,
         agent: Agent,
         provider: str,
@@ -126,7 +130,7 @@ class Fleet:
         thinking = int(output * rng.uniform(0.5, 2.0)) if reasoning else 0
         return {
             "schema_version": 1,
-            "event_id": f"sim-{self.seed}-{n:09d}",
+            "event_id": f"sim-{self.seed}-{run}-{n:09d}",
             "ts": ts.isoformat(timespec="milliseconds"),
             "org": self.org,
             "team": agent.team,

@@ -17,6 +17,7 @@ replay) are dropped before the insert.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from collections import defaultdict
@@ -37,6 +38,7 @@ from tenacity import (
 
 from schemas.usage import BUCKETS
 from streams import json
+from streams.accounting import to_ms
 from streams.settings import Settings
 from streams.warehouse.client import connect
 
@@ -214,10 +216,16 @@ class Sink:
         logger.info(
             "sink writing %s to %s", list(self.tables), self.settings.clickhouse_url
         )
+        # `meterline up` waits for this file to name our pid.
+        ready = self.settings.var_dir / "run" / "sink.ready"
+        ready.unlink(missing_ok=True)
         last_data = time.monotonic()
         try:
             while not self._stopping:
                 moved = self.run_once()
+                if not ready.exists() and self.consumer.assignment():
+                    ready.parent.mkdir(parents=True, exist_ok=True)
+                    ready.write_text(str(os.getpid()))
                 now = time.monotonic()
                 if moved:
                     last_data = now
@@ -285,7 +293,7 @@ class Sink:
         where = f"{spec.key_sql} IN %(keys)s"
         parameters: dict[str, Any] = {"keys": keys}
         if spec.ts_column is not None:
-            stamps = [int(row[1].timestamp() * 1000) for row in rows]
+            stamps = [to_ms(row[1]) for row in rows]
             where += (
                 f" AND {spec.ts_column} BETWEEN fromUnixTimestamp64Milli(%(lo)s, 'UTC')"
                 " AND fromUnixTimestamp64Milli(%(hi)s, 'UTC')"

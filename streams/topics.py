@@ -34,17 +34,32 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     keep = {"retention.ms": str(RETENTION_MS)}
     compact = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
     n = settings.usage_partitions
-    big = {**keep, "max.message.bytes": str(settings.max_message_bytes * 2)}
+    limit = settings.max_message_bytes
     return [
-        # Keyed by team: a team's events meet in one partition.
-        TopicSpec(settings.topic_usage, n, big),
-        TopicSpec(settings.topic_accepted, n, big),
+        # Keyed by team: a team's events meet in one partition. Records up to
+        # twice the accepted size get in, so the worker can dead-letter them.
+        TopicSpec(settings.topic_usage, n, {**keep, **_max_bytes(2 * limit)}),
+        TopicSpec(settings.topic_accepted, n, {**keep, **_max_bytes(3 * limit)}),
+        # A dead letter holds the original bytes in base64 (4/3 of the size).
         TopicSpec(
-            settings.topic_dlq, 1, {**big, "retention.ms": str(4 * RETENTION_MS)}
+            settings.topic_dlq,
+            1,
+            {
+                "retention.ms": str(4 * RETENTION_MS),
+                **_max_bytes(OUTPUT_FACTOR * limit),
+            },
         ),
-        TopicSpec(settings.topic_breaches, 3, {**keep, "retention.ms": "-1"}),
+        TopicSpec(settings.topic_breaches, 3, {"retention.ms": "-1"}),
         TopicSpec(settings.topic_budgets, 1, compact),
     ]
+
+
+#: The worker's outputs may be this many times the largest accepted input.
+OUTPUT_FACTOR = 4
+
+
+def _max_bytes(size: int) -> dict[str, str]:
+    return {"max.message.bytes": str(size)}
 
 
 def admin(settings: Settings) -> KafkaAdminClient:

@@ -211,9 +211,9 @@ def decode_content(body: bytes, encoding: str) -> bytes:
         if encoding in ("", "identity"):
             return body
         if encoding in ("gzip", "x-gzip"):
-            return gzip.decompress(body)
+            return _inflate(body, GZIP_WBITS)
         if encoding == "deflate":
-            return zlib.decompress(body)
+            return _inflate(body, zlib.MAX_WBITS)
         if encoding == "zstd":
             return zstd.decompress(body)
         if encoding == "lz4":
@@ -231,6 +231,31 @@ def decode_content(body: bytes, encoding: str) -> bytes:
         "UNKNOWN_COMPRESSION_METHOD",
         f"Unknown Content-Encoding of HTTP request: {encoding}",
     )
+
+
+#: Largest request body accepted after decompression (a guard against bombs):
+#: far above the sink's batches, far below the machine's memory.
+MAX_INFLATED_BYTES = 512 * 1024 * 1024
+#: zlib's window bits for a gzip wrapper.
+GZIP_WBITS = 16 + zlib.MAX_WBITS
+
+
+def _inflate(body: bytes, wbits: int) -> bytes:
+    """gzip or deflate, refusing output past MAX_INFLATED_BYTES; concatenated
+    gzip members are all read."""
+    out = bytearray()
+    rest = body
+    while rest:
+        inflater = zlib.decompressobj(wbits)
+        out += inflater.decompress(rest, MAX_INFLATED_BYTES + 1 - len(out))
+        if len(out) > MAX_INFLATED_BYTES or inflater.unconsumed_tail:
+            raise ValueError(
+                f"the body inflates past {MAX_INFLATED_BYTES} bytes; send less"
+            )
+        if not inflater.eof:
+            raise ValueError("truncated compressed body")
+        rest = inflater.unused_data
+    return bytes(out)
 
 
 def _lz4_decompress_frames(body: bytes) -> bytes:

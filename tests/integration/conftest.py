@@ -6,6 +6,7 @@ topic prefix, consumer groups and database, so runs never see each other.
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import Iterator
@@ -30,7 +31,9 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     warehouse_port, kafka_port = free_port(), free_port()
     return Settings(
         var_dir=tmp_path_factory.mktemp("var"),
-        kafka_libs_dir=ROOT / "var" / "kafka" / "libs",
+        kafka_libs_dir=Path(
+            os.environ.get("METERLINE_KAFKA_LIBS_DIR", ROOT / "var" / "kafka" / "libs")
+        ),
         kafka_port=kafka_port,
         kafka_controller_port=free_port(),
         kafka_bootstrap=f"127.0.0.1:{kafka_port}",

@@ -13,6 +13,13 @@ def without(field: str) -> bytes:
     return json.dumps({k: v for k, v in event_dict().items() if k != field})
 
 
+def nested(levels: int) -> object:
+    value: object = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
 def run(value: bytes) -> object:
     return decode(value, now=NOW, future_skew=timedelta(minutes=5), max_bytes=LIMIT)
 
@@ -91,3 +98,20 @@ def test_dead_letter_keeps_original_bytes_and_position() -> None:
     assert (letter.topic, letter.partition, letter.offset) == ("t", 3, 42)
     assert letter.payload_b64 == "AHJhdw=="
     assert letter.key_b64 == "dGVhbQ=="
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        json.dumps(event_dict(schema_version=1.0)),
+        json.dumps(event_dict(ts=1764763200)),
+        json.dumps(event_dict(ts="0001-01-01T00:00:00+01:00")),
+        json.dumps(event_dict(ts="1999-12-31T23:59:59Z")),
+        json.dumps(event_dict(deep=nested(40))),
+    ],
+    ids=["float version", "epoch ts", "year one", "before 2000", "too deep"],
+)
+def test_near_misses_are_rejected(value: bytes) -> None:
+    with pytest.raises(RejectedError) as caught:
+        run(value)
+    assert caught.value.reason in {"invalid", "unknown_schema_version"}

@@ -98,3 +98,23 @@ def test_keys_differ_for_repeated_local_hour() -> None:
     first = period_of(utc(2026, 11, 1, 5, 30), "hour", "America/New_York")
     second = period_of(utc(2026, 11, 1, 6, 30), "hour", "America/New_York")
     assert first.key != second.key
+
+
+@pytest.mark.parametrize(
+    "tz", ["Australia/Lord_Howe", "Pacific/Chatham", "Asia/Kathmandu"]
+)
+def test_hours_contain_their_instant_in_odd_offset_zones(tz: str) -> None:
+    instant = utc(2026, 1, 1)
+    while instant < utc(2027, 1, 1):
+        period = period_of(instant, "hour", tz)
+        assert period.start <= instant < period.end, (tz, instant)
+        length = period.end.astimezone(UTC) - period.start.astimezone(UTC)
+        assert timedelta(minutes=30) <= length <= timedelta(minutes=90)
+        instant += timedelta(minutes=13)
+
+
+def test_lord_howe_hour_after_its_half_hour_fall_back() -> None:
+    # 15:00Z on 2026-04-04: Lord Howe goes from +11 to +10:30 at 02:00 local.
+    period = period_of(utc(2026, 4, 4, 15, 1), "hour", "Australia/Lord_Howe")
+    assert period.start.astimezone(UTC) == utc(2026, 4, 4, 14)
+    assert period.end.astimezone(UTC) == utc(2026, 4, 4, 15, 30)
