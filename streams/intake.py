@@ -81,16 +81,6 @@ def decode(
         raise RejectedError(
             "invalid", f"the JSON is nested deeper than {MAX_DEPTH} levels"
         )
-    if not isinstance(raw.get("ts"), str):
-        raise RejectedError(
-            "invalid",
-            "ts: must be an RFC 3339 string with an offset, "
-            f"not {type(raw.get('ts')).__name__}",
-            event_id=raw.get("event_id")
-            if isinstance(raw.get("event_id"), str)
-            else None,
-            team=raw.get("team") if isinstance(raw.get("team"), str) else None,
-        )
     return _validate(raw, now=now, future_skew=future_skew)
 
 
@@ -120,6 +110,14 @@ def _validate(
             "unknown_schema_version",
             f"schema_version {version!r} is not supported; this worker reads "
             f"{SCHEMA_VERSION}",
+            event_id=event_id,
+            team=team,
+        )
+    if not isinstance(raw.get("ts"), str):
+        raise RejectedError(
+            "invalid",
+            "ts: must be an RFC 3339 string with an offset, "
+            f"not {type(raw.get('ts')).__name__}",
             event_id=event_id,
             team=team,
         )

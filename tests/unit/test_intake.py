@@ -115,3 +115,9 @@ def test_near_misses_are_rejected(value: bytes) -> None:
     with pytest.raises(RejectedError) as caught:
         run(value)
     assert caught.value.reason in {"invalid", "unknown_schema_version"}
+
+
+def test_schema_version_is_checked_before_the_rest() -> None:
+    with pytest.raises(RejectedError) as caught:
+        run(b'{"schema_version": 9, "event_id": "x", "team": "t"}')
+    assert caught.value.reason == "unknown_schema_version"
