@@ -96,13 +96,33 @@ def reset() -> None:
 
 @app.command()
 def status() -> None:
-    """Say what runs where."""
-    from streams.local import Stack
+    """Say what runs where, with the worker's counters and consumer lag."""
+    from streams.local import Stack, worker_get
+    from streams.topics import consumer_lag
 
+    settings = _settings()
+    stack = Stack(settings)
     table = Table("service", "state", "address")
-    for row in Stack(_settings()).status():
+    for row in stack.status():
         table.add_row(*row)
     out.print(table)
+    if stack.pid("worker") is not None:
+        try:
+            stats = worker_get(settings, "status")
+        except OSError:
+            out.print("worker: not answering yet")
+        else:
+            counts = ", ".join(f"{k} {v:,}" for k, v in stats["stats"].items())
+            out.print(f"worker: {counts}; {stats['budgets']} budgets in force")
+    if stack.pid("kafka") is not None:
+        sink_topics = [
+            settings.topic_accepted,
+            settings.topic_breaches,
+            settings.topic_dlq,
+        ]
+        worker_lag = consumer_lag(settings, settings.app_id, [settings.topic_usage])
+        sink_lag = consumer_lag(settings, settings.sink_group, sink_topics)
+        out.print(f"lag: worker {worker_lag:,}, sink {sink_lag:,} records")
 
 
 @app.command()

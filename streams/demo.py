@@ -13,7 +13,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-import urllib.request
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -27,7 +26,7 @@ from streams import json
 from streams.emit import Emitter
 from streams.governance import apply_budgets, load_budget_file
 from streams.importers.claude_code import read_transcripts
-from streams.local import ROOT, Stack
+from streams.local import ROOT, Stack, worker_get
 from streams.settings import Settings
 from streams.simulate import Fleet, send_fleet
 from streams.topics import consumer_lag
@@ -146,12 +145,6 @@ def _send_extras(settings: Settings) -> None:
     )
 
 
-def _worker_get(settings: Settings, path: str) -> Any:
-    url = f"http://127.0.0.1:{settings.worker_web_port}/meterline/{path}"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())
-
-
 def _live_table(settings: Settings, progress: dict[str, int], total: int) -> Table:
     lag = ""
     if progress["worker_lag"] >= 0:
@@ -165,7 +158,7 @@ def _live_table(settings: Settings, progress: dict[str, int], total: int) -> Tab
         "cost. 'this period' is the share of each budget used in its current period.",
     )  # fmt: skip
     try:
-        totals = _worker_get(settings, "totals")
+        totals = worker_get(settings, "totals")
     except OSError:
         return table
     for team in sorted(totals):
@@ -236,7 +229,7 @@ class _BreachPrinter(threading.Thread):
 
 
 def _compare(settings: Settings) -> int:
-    live = _worker_get(settings, "totals")
+    live = worker_get(settings, "totals")
     client = connect(settings)
     stored = {
         row[0]: row[1:]

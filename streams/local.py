@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from streams import json
 from streams.errors import StackError
@@ -60,6 +61,13 @@ def _http_ok(url: str) -> bytes | None:
             return body
     except OSError:
         return None
+
+
+def worker_get(settings: Settings, path: str) -> Any:
+    """GET the worker's `/meterline/<path>` JSON (`status` or `totals`)."""
+    url = f"http://127.0.0.1:{settings.worker_web_port}/meterline/{path}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
 
 
 @dataclass

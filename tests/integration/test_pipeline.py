@@ -8,7 +8,6 @@ after a worker restart and a full replay of the input.
 from __future__ import annotations
 
 import time
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -21,7 +20,7 @@ from schemas.budget import BudgetFile
 from streams import json
 from streams.emit import Emitter
 from streams.governance import apply_budgets, read_budgets
-from streams.local import Stack
+from streams.local import Stack, worker_get
 from streams.settings import Settings
 from streams.simulate import Fleet
 from streams.topics import consumer_lag, wait_drained
@@ -110,12 +109,6 @@ def drain(settings: Settings, timeout_s: float = 180) -> None:
         f"not drained: (worker lag, sink lag) went {last[-5:]}; worker status "
         f"{worker_get(settings, 'status')}"
     )
-
-
-def worker_get(settings: Settings, path: str) -> Any:
-    url = f"http://127.0.0.1:{settings.worker_web_port}/meterline/{path}"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())
 
 
 def wait_for_budgets(settings: Settings, count: int) -> None:
