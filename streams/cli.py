@@ -201,6 +201,10 @@ def budgets_list() -> None:
     from streams.governance import read_budgets
 
     table = Table("id", "team", "period", "timezone", "tokens", "usd", "thresholds")
+    for column in table.columns:
+        # Ids and zones are what users copy; never cut them.
+        column.no_wrap = column.header in ("id", "timezone")
+        column.overflow = "fold"
     for b in read_budgets(_settings()):
         table.add_row(
             b.id,
@@ -265,6 +269,12 @@ def import_claude_code(
         f"{result.skipped_synthetic} synthetic and {result.skipped_malformed} "
         f"malformed lines skipped){'' if dry_run else ', sent'}"
     )
+    if not dry_run:
+        out.print(
+            "ids already counted are dropped by the worker; an id re-sent with other "
+            "content (another --team, say) goes to the dead letters as "
+            "duplicate_conflict"
+        )
 
 
 @app.command()

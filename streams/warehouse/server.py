@@ -1001,12 +1001,17 @@ class _Handler(BaseHTTPRequestHandler):
         self, method: str, path: str, params: dict[str, str], query_id: str
     ) -> int:
         body = self._read_body()
-        if path == "/ping":
+        bare_root = path == "/" and method == "GET" and "query" not in params
+        if path == "/ping" or bare_root:
+            # A bare GET / answers like /ping, as ClickHouse's server does.
             return self._send(200, b"Ok.\n", {"Content-Type": _TEXT_PLAIN})
         if path != "/":
             text = f"There is no handle {path}\n\nUse / or /ping for health checks.\n"
             return self._send(404, text.encode(), {"Content-Type": _TEXT_PLAIN})
         self._authenticate(params)
+        header_database = self.headers.get("X-ClickHouse-Database")
+        if header_database and "database" not in params:
+            params["database"] = header_database
         if _truthy(params.get("compress")) or _truthy(params.get("decompress")):
             raise WarehouseError.new(
                 NOT_IMPLEMENTED,

@@ -214,3 +214,16 @@ def test_default_format_and_bind_params(server: WarehouseServer) -> None:
         "default_format": "CSVWithNames",
     }
     assert http(server, params=params)[2] == b'"y"\n42\n'
+
+
+def test_bare_root_answers_ok_and_database_header_is_honoured(
+    server: WarehouseServer,
+) -> None:
+    with urllib.request.urlopen(f"{server.url}/", timeout=5) as response:
+        assert response.read() == b"Ok.\n"
+    request = urllib.request.Request(
+        f"{server.url}/?query=SELECT+currentDatabase()",
+        headers={"X-ClickHouse-Database": "system"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.read() == b"system\n"
