@@ -7,6 +7,7 @@ the counts. Field names are part of the public contract: extend, never rename.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -27,6 +28,11 @@ SCHEMA_VERSION = 1
 #: A single model response above this many tokens in one bucket is not believable
 #: (today's largest context windows are a few million tokens).
 MAX_BUCKET_TOKENS = 100_000_000
+
+#: An RFC 3339 date-time with a UTC offset (Z or +hh:mm).
+RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
+)
 
 #: Events before this are not believable usage of a language model.
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
@@ -128,6 +134,17 @@ class UsageEvent(BaseModel):
     usage_schema: Name | None = Field(
         None, description="Which convention raw_usage follows, e.g. anthropic.messages."
     )
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: object) -> object:
+        # Lax datetime parsing would read "1764000000" as epoch seconds.
+        if not isinstance(value, str) or not RFC3339.fullmatch(value):
+            raise ValueError(
+                "must be an RFC 3339 timestamp with an offset, like "
+                "2026-12-03T14:05:09.120+01:00"
+            )
+        return value
 
     @field_validator("ts")
     @classmethod

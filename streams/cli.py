@@ -336,6 +336,8 @@ def sql(
     """Run an SQL query in ClickHouse and print the answer."""
     from streams.warehouse.client import connect
 
+    if not query.strip():
+        raise typer.BadParameter('give an SQL query, e.g. "SELECT 1"')
     result = connect(_settings()).query(query)
     print_rows(list(result.column_names), result.result_rows, fmt)
 

@@ -52,6 +52,12 @@ def load_budget_file(path: Path) -> BudgetFile:
 
 def read_budgets(settings: Settings) -> list[Budget]:
     """The budgets in force, read from the start of the compacted topic."""
+    valid, _ = _read_topic(settings)
+    return [valid[k] for k in sorted(valid)]
+
+
+def _read_topic(settings: Settings) -> tuple[dict[str, Budget], set[str]]:
+    """Valid budgets by id, and every live key (invalid records included)."""
     consumer = KafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         enable_auto_commit=False,
@@ -61,18 +67,25 @@ def read_budgets(settings: Settings) -> list[Budget]:
         partitions = consumer.partitions_for_topic(settings.topic_budgets) or set()
         tps = [TopicPartition(settings.topic_budgets, p) for p in sorted(partitions)]
         if not tps:
-            return []
+            return {}, set()
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         ends = consumer.end_offsets(tps)
         current: dict[str, Budget] = {}
+        live: set[str] = set()
         while any(consumer.position(tp) < ends[tp] for tp in tps):
             for records in consumer.poll(timeout_ms=1000).values():
                 for record in records:
-                    key = record.key.decode()
+                    if record.key is None:
+                        continue
+                    key = record.key.decode("utf-8", "replace")
                     if record.value is None:
                         current.pop(key, None)
+                        live.discard(key)
                         continue
+                    live.add(key)
+                    # An invalid update leaves the last valid budget in force,
+                    # as the worker does.
                     try:
                         budget = Budget.model_validate(json.loads(record.value))
                     except Exception as exc:
@@ -87,7 +100,7 @@ def read_budgets(settings: Settings) -> list[Budget]:
                         continue
                     if budget.id == key:
                         current[key] = budget
-        return [current[k] for k in sorted(current)]
+        return current, live
     finally:
         consumer.close()
 
@@ -95,7 +108,8 @@ def read_budgets(settings: Settings) -> list[Budget]:
 def apply_budgets(settings: Settings, budget_file: BudgetFile) -> ApplyResult:
     """Make the topic hold exactly the budgets of `budget_file`."""
     ensure_topics(settings)
-    existing = {b.id for b in read_budgets(settings)}
+    # Every live key, so records that never validated are removed as well.
+    _, existing = _read_topic(settings)
     wanted = {b.id for b in budget_file.budgets}
     removed = sorted(existing - wanted)
     producer = KafkaProducer(

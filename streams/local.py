@@ -139,6 +139,9 @@ class Stack:
             os.kill(pid, 0)
         except (FileNotFoundError, ValueError, ProcessLookupError):
             return None
+        if not _runs(pid, _SIGNATURES[name]):
+            # A stale pid file whose pid now belongs to another program.
+            return None
         return pid
 
     def up(self, *, on_progress: Callable[[str], None] = print) -> list[str]:
@@ -352,6 +355,26 @@ class Stack:
             f"http://127.0.0.1:{self.settings.worker_web_port}/meterline/status"
         )
         return body is not None and bool(json.loads(body).get("ready"))
+
+
+#: What a service's command line contains, to tell it from a reused pid.
+_SIGNATURES = {
+    "kafka": "kafka.Kafka",
+    "warehouse": "streams.cli\0warehouse",
+    "worker": "streams.cli\0worker",
+    "sink": "streams.cli\0sink",
+}
+
+
+def _runs(pid: int, signature: str) -> bool:
+    """Whether process `pid` runs the command `signature` names (Linux /proc)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # no /proc here: trust the pid file
+    return signature in cmdline
 
 
 def _alive(pid: int) -> bool:

@@ -166,8 +166,18 @@ class TableSpec:
 def table_specs(settings: Settings) -> dict[str, TableSpec]:
     """The topic to table mapping of the sink."""
     return {
+        # A usage row is the acceptance of one input record: the worker re-sends
+        # it after a crash (same id and source offset: dropped here), while a
+        # retry past the worker's de-duplication horizon has a new source offset
+        # and was counted by the worker, so it is stored too and both agree.
         settings.topic_accepted: TableSpec(
-            "usage_events", USAGE_COLUMNS, usage_row, "event_id", _first, "ts"
+            "usage_events",
+            USAGE_COLUMNS,
+            usage_row,
+            "concat(event_id, '/', toString(source_partition), '/', "
+            "toString(source_offset))",
+            lambda row: f"{row[0]}/{row[-2]}/{row[-1]}",
+            "ts",
         ),
         settings.topic_breaches: TableSpec(
             "budget_breaches", BREACH_COLUMNS, breach_row, "breach_id", _first

@@ -121,3 +121,14 @@ def test_schema_version_is_checked_before_the_rest() -> None:
     with pytest.raises(RejectedError) as caught:
         run(b'{"schema_version": 9, "event_id": "x", "team": "t"}')
     assert caught.value.reason == "unknown_schema_version"
+
+
+@pytest.mark.parametrize(
+    "ts",
+    ["1764000000000", "1764000000", "1764000000.5", "2026-12-03", "2026-12-03T11:00Z"],
+)
+def test_timestamps_must_be_rfc3339_with_offset(ts: str) -> None:
+    with pytest.raises(RejectedError) as caught:
+        run(json.dumps(event_dict(ts=ts)))
+    assert caught.value.reason == "invalid"
+    assert "RFC 3339" in caught.value.detail
