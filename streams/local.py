@@ -192,8 +192,13 @@ class Stack:
         start = time.monotonic()
         child = self._children.get(service.name)
         while time.monotonic() - start < READY_TIMEOUT_S:
-            exited = child is not None and child.poll() is not None
-            if exited or self.pid(service.name) is None:
+            # Our own child: its exit status is the truth (right after the
+            # fork, /proc still shows our command line, not the service's).
+            if child is not None:
+                exited = child.poll() is not None
+            else:
+                exited = self.pid(service.name) is None
+            if exited:
                 raise StackError(
                     f"{service.name} exited while starting; see "
                     f"{self.log_dir / (service.name + '.log')}"
