@@ -28,6 +28,7 @@ from faust.web import Request, Response, View
 
 from schemas.breach import BreachEvent
 from schemas.budget import Budget
+from schemas.deadletter import Reason
 from schemas.usage import AcceptedUsage, UsageEvent
 from streams import json
 from streams.accounting import TeamState, apply, to_ms
@@ -139,14 +140,14 @@ class Worker:
             await self._dead_letter(value, source, rejected)
             return
         if event.team.encode() != source.key:
-            mis_keyed = RejectedError(
+            await self._refuse(
+                event,
+                value,
+                source,
                 "wrong_key",
                 f"the record key {source.key!r} is not the team {event.team!r}; key "
                 "usage by team so a team's events meet on one partition",
-                event_id=event.event_id,
-                team=event.team,
             )
-            await self._dead_letter(value, source, mis_keyed)
             return
         sighting = await self._sighting(event, value, source)
         if sighting is None:
@@ -245,15 +246,29 @@ class Worker:
                 source.offset,
             )
             return None
-        rejected = RejectedError(
+        await self._refuse(
+            event,
+            value,
+            source,
             "duplicate_conflict",
             f"event id {event.event_id} was already accepted with different "
             "content; the first one counts",
-            event_id=event.event_id,
-            team=event.team,
+        )
+        return None
+
+    async def _refuse(
+        self,
+        event: UsageEvent,
+        value: bytes | None,
+        source: Source,
+        reason: Reason,
+        detail: str,
+    ) -> None:
+        """Dead-letter a valid event that cannot be accepted, naming it."""
+        rejected = RejectedError(
+            reason, detail, event_id=event.event_id, team=event.team
         )
         await self._dead_letter(value, source, rejected)
-        return None
 
     def _remember(self, event: UsageEvent, source: Source) -> None:
         """Store a new event id (and forget this partition's expired ones)."""
