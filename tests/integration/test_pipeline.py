@@ -301,3 +301,23 @@ def test_worker_killed_mid_stream_counts_everything_once(
     fired = [b for b in read_topic(ran, ran.topic_breaches) if b["team"] == "gamma"]
     assert {b["threshold"] for b in fired} == {"0.5", "1"}
     assert connect(ran).query(fired_query).result_rows == [(2, 2)]
+
+
+def test_invalid_budget_records_are_ignored_then_removed_by_apply(
+    ran: Settings,
+) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=ran.kafka_bootstrap)
+    bad = b'{"id": "bad-zone", "team": "zeta", "timezone": "America", "tokens": 1}'
+    producer.send(ran.topic_budgets, key=b"bad-zone", value=bad)
+    producer.flush()
+    producer.close()
+    # The worker logs and ignores it; the valid budgets stay in force.
+    time.sleep(2)
+    assert worker_get(ran, "status")["ready"]
+    assert "bad-zone" not in [b.id for b in read_budgets(ran)]
+
+    result = apply_budgets(ran, BUDGETS)
+    assert "bad-zone" in result.removed
+    assert [b.id for b in read_budgets(ran)] == ["alpha-daily", "beta-hourly"]

@@ -48,3 +48,13 @@ def test_timestamps_stay_aware_whatever_the_offset() -> None:
     assert (
         row["ts"].timestamp() == datetime(2026, 12, 3, 11, 30, tzinfo=UTC).timestamp()
     )
+
+
+def test_a_usage_row_is_identified_by_id_and_source_offset() -> None:
+    from streams.settings import Settings
+    from streams.sink import table_specs
+
+    settings = Settings()
+    spec = table_specs(settings)[settings.topic_accepted]
+    assert spec.key_of(usage_row(accepted())) == "evt-1/2/99"
+    assert "source_offset" in spec.key_sql
