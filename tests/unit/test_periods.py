@@ -2,6 +2,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from schemas.budget import PeriodKind
 from streams.periods import period_of
 
 
@@ -86,10 +87,11 @@ def test_week_start_is_configurable() -> None:
 
 def test_periods_partition_time_without_gaps() -> None:
     instant = utc(2026, 10, 24, 0)
-    for kind in ("hour", "day"):
-        period = period_of(instant, kind, "Europe/Berlin")  # type: ignore[arg-type]
+    kinds: tuple[PeriodKind, ...] = ("hour", "day")
+    for kind in kinds:
+        period = period_of(instant, kind, "Europe/Berlin")
         for _ in range(60):
-            following = period_of(period.end, kind, "Europe/Berlin")  # type: ignore[arg-type]
+            following = period_of(period.end, kind, "Europe/Berlin")
             assert following.start == period.end
             period = following
 
