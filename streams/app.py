@@ -34,6 +34,7 @@ from streams import json
 from streams.accounting import TeamState, apply, to_ms
 from streams.budgets import BudgetRegistry, calendars_of, evaluate
 from streams.dedupe import Expiry
+from streams.governance import parse_budget_record, read_budgets
 from streams.intake import RejectedError, Source, dead_letter, decode, fingerprint
 from streams.periods import period_of
 from streams.pricing import Pricer, load_overrides
@@ -310,16 +311,12 @@ class Worker:
         if not self.expiry.known(partition):
             self.expiry.load(
                 partition,
-                (
-                    (int(v[1]), k)
-                    for k, v in self.seen.items()
-                    if len(v) > 2 and v[2] == partition
-                ),
+                ((int(v[1]), k) for k, v in self.seen.items() if v[2] == partition),
             )
         stale = self.expiry.sweep(partition, now_ms)
         for event_id in stale:
             entry = self.seen.get(event_id)
-            if entry is not None and len(entry) > 2 and entry[2] == partition:
+            if entry is not None and entry[2] == partition:
                 del self.seen[event_id]
         if stale:
             logger.info(
@@ -388,18 +385,8 @@ class Worker:
             self.registry.remove(budget_id)
             logger.info("budget %s removed", budget_id)
             return
-        try:
-            budget = Budget.model_validate(json.loads(value))
-        except Exception as exc:
-            # Whatever is wrong with one record, the others must still load.
-            logger.error("budget record %s is invalid and ignored: %s", budget_id, exc)
-            return
-        if budget.id != budget_id:
-            logger.error(
-                "budget record keyed %s holds budget %s; ignored (key must be the id)",
-                budget_id,
-                budget.id,
-            )
+        budget = parse_budget_record(budget_id, value)
+        if budget is None:
             return
         self.registry.put(budget)
         if self.budgets_ready.is_set():
@@ -436,7 +423,8 @@ class Worker:
         }
 
     def _offsets(self) -> dict[str, Any]:
-        """Per usage partition: committed, next to commit, acked range."""
+        """Per usage partition: Faust's committed offset and the acknowledged
+        offsets not yet committed (min, max, count); for diagnosing lag."""
         # Faust keeps these in private fields; read them defensively.
         consumer = self.app.consumer
         acked_by_tp: dict[Any, list[int]] = getattr(consumer, "_acked", {})
@@ -503,7 +491,6 @@ def run_worker(settings: Settings, *, loglevel: str = "info") -> None:
     The budgets in force are read before Faust starts, so the first usage
     record is already evaluated against them; a task then follows changes.
     """
-    from streams.governance import read_budgets
     from streams.topics import ensure_topics
 
     worker = Worker(settings)

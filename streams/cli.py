@@ -115,13 +115,8 @@ def status() -> None:
             counts = ", ".join(f"{k} {v:,}" for k, v in stats["stats"].items())
             out.print(f"worker: {counts}; {stats['budgets']} budgets in force")
     if stack.pid("kafka") is not None:
-        sink_topics = [
-            settings.topic_accepted,
-            settings.topic_breaches,
-            settings.topic_dlq,
-        ]
         worker_lag = consumer_lag(settings, settings.app_id, [settings.topic_usage])
-        sink_lag = consumer_lag(settings, settings.sink_group, sink_topics)
+        sink_lag = consumer_lag(settings, settings.sink_group, settings.sink_topics)
         out.print(f"lag: worker {worker_lag:,}, sink {sink_lag:,} records")
 
 

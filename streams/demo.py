@@ -112,7 +112,7 @@ def _run(settings: Settings, events: int) -> int:
                     settings, settings.app_id, [settings.topic_usage]
                 )
                 progress["sink_lag"] = consumer_lag(
-                    settings, settings.sink_group, _sink_topics(settings)
+                    settings, settings.sink_group, settings.sink_topics
                 )
                 drained = progress["worker_lag"] == 0 and progress["sink_lag"] == 0
             live.update(_live_table(settings, progress, events))
@@ -125,10 +125,6 @@ def _run(settings: Settings, events: int) -> int:
         console.print("[red]the pipeline did not drain in time; see var/log/[/red]")
         return 1
     return _compare(settings)
-
-
-def _sink_topics(settings: Settings) -> list[str]:
-    return [settings.topic_accepted, settings.topic_breaches, settings.topic_dlq]
 
 
 def _send_extras(settings: Settings) -> None:

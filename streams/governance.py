@@ -50,6 +50,24 @@ def load_budget_file(path: Path) -> BudgetFile:
         raise ConfigError(f"budgets file {path} is invalid: {problems}") from exc
 
 
+def parse_budget_record(key: str, value: bytes) -> Budget | None:
+    """The budget a record of the budgets topic holds, or None (logged) when it
+    is invalid or keyed by another id. One bad record never stops the others."""
+    try:
+        budget = Budget.model_validate(json.loads(value))
+    except Exception as exc:
+        logger.error("budget record %s is invalid and ignored: %s", key, exc)
+        return None
+    if budget.id != key:
+        logger.error(
+            "budget record keyed %s holds budget %s; ignored (key must be the id)",
+            key,
+            budget.id,
+        )
+        return None
+    return budget
+
+
 def read_budgets(settings: Settings) -> list[Budget]:
     """The budgets in force, read from the start of the compacted topic."""
     valid, _ = _read_topic(settings)
@@ -86,19 +104,8 @@ def _read_topic(settings: Settings) -> tuple[dict[str, Budget], set[str]]:
                     live.add(key)
                     # An invalid update leaves the last valid budget in force,
                     # as the worker does.
-                    try:
-                        budget = Budget.model_validate(json.loads(record.value))
-                    except Exception as exc:
-                        logger.error(
-                            "budget record %s at %s[%s]@%s is invalid; ignored: %s",
-                            key,
-                            record.topic,
-                            record.partition,
-                            record.offset,
-                            exc,
-                        )
-                        continue
-                    if budget.id == key:
+                    budget = parse_budget_record(key, record.value)
+                    if budget is not None:
                         current[key] = budget
         return current, live
     finally:

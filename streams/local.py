@@ -44,6 +44,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
+        elif isinstance(value, Path):
+            # Children run in the project folder; paths must not depend on ours.
+            value = value.resolve()
         env[f"METERLINE_{name.upper()}"] = str(value)
     return env
 
@@ -217,7 +220,7 @@ class Stack:
 
     def down(self, *, on_progress: Callable[[str], None] = print) -> None:
         """Stop every running service, newest first."""
-        running = [s.name for s in self.services if self.pid(s.name) is not None]
+        running = self.running()
         if not running:
             on_progress("nothing was running")
         for name in reversed(running):
@@ -249,9 +252,13 @@ class Stack:
         self._pid_file(name).unlink(missing_ok=True)
         on_progress(f"{name}: stopped")
 
+    def running(self) -> list[str]:
+        """Names of the services running now, in start order."""
+        return [s.name for s in self.services if self.pid(s.name) is not None]
+
     def reset(self) -> list[Path]:
         """Delete broker data, warehouse data, logs and pids (not the jars)."""
-        running = [s.name for s in self.services if self.pid(s.name) is not None]
+        running = self.running()
         if running:
             raise StackError(
                 f"{', '.join(running)} still running: `meterline down` first"
@@ -345,13 +352,11 @@ class Stack:
             return False
         return True
 
-    def sink_ready_file(self) -> Path:
-        """Written by the sink once it has joined its consumer group."""
-        return self.run_dir / "sink.ready"
-
     def _sink_ready(self) -> bool:
         try:
-            return self.sink_ready_file().read_text().strip() == str(self.pid("sink"))
+            return self.settings.sink_ready_file.read_text().strip() == str(
+                self.pid("sink")
+            )
         except FileNotFoundError:
             return False
 

@@ -117,6 +117,16 @@ class Settings(BaseSettings):
     def topic_budgets(self) -> str:
         return f"{self.topic_prefix}.budgets"
 
+    @property
+    def sink_topics(self) -> list[str]:
+        """The worker's outputs, which the sink moves into ClickHouse."""
+        return [self.topic_accepted, self.topic_breaches, self.topic_dlq]
+
+    @property
+    def sink_ready_file(self) -> Path:
+        """Written by the sink (its pid) once it has joined its group."""
+        return self.var_dir / "run" / "sink.ready"
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

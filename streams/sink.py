@@ -227,7 +227,7 @@ class Sink:
             "sink writing %s to %s", list(self.tables), self.settings.clickhouse_url
         )
         # `meterline up` waits for this file to name our pid.
-        ready = self.settings.var_dir / "run" / "sink.ready"
+        ready = self.settings.sink_ready_file
         ready.unlink(missing_ok=True)
         last_data = time.monotonic()
         try:

@@ -128,11 +128,10 @@ def wait_drained(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> bool:
     """Wait until worker and sink have committed everything; False on timeout."""
-    sink_topics = [settings.topic_accepted, settings.topic_breaches, settings.topic_dlq]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         worker = consumer_lag(settings, settings.app_id, [settings.topic_usage])
-        sink = consumer_lag(settings, settings.sink_group, sink_topics)
+        sink = consumer_lag(settings, settings.sink_group, settings.sink_topics)
         if on_progress is not None:
             on_progress(worker, sink)
         if worker == 0 and sink == 0:

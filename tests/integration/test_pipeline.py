@@ -281,13 +281,12 @@ def test_worker_killed_mid_stream_counts_everything_once(
     while worker_get(ran, "totals")["gamma"]["events"] < 3000:
         assert time.monotonic() < deadline, worker_get(ran, "status")
         time.sleep(0.5)
-    sink_topics = [ran.topic_accepted, ran.topic_breaches, ran.topic_dlq]
     query = "SELECT count(), sum(tokens_total) FROM usage_events WHERE team = 'gamma'"
     fired_query = (
         "SELECT count(), uniqExact(breach_id) FROM budget_breaches WHERE team = 'gamma'"
     )
     while (
-        consumer_lag(ran, ran.sink_group, sink_topics)
+        consumer_lag(ran, ran.sink_group, ran.sink_topics)
         or connect(ran).query(query).result_rows[0][0] < 3000
         or connect(ran).query(fired_query).result_rows[0][1] < 2
     ):
