@@ -160,7 +160,10 @@ def apply(
     *,
     grace_ms: int,
 ) -> list[str]:
-    """Add `event` to `state`; returns flags (`late_period`) for the event."""
+    """Add `event` to `state`, counting in `calendars` (those of the team's
+    budgets) and every calendar the team counted in before; returns flags
+    (`late_period`) for the event."""
+    state.calendars.update(calendars)
     flags: list[str] = []
     state.events += 1
     for bucket in BUCKETS:
@@ -171,7 +174,7 @@ def apply(
         state.usd += cost_usd
 
     total = event.tokens.total
-    for period in periods_for(event.ts, calendars):
+    for period in periods_for(event.ts, state.calendars):
         counter = state.periods.get(period.key)
         if counter is None:
             if period.end_ms + grace_ms <= state.watermark_ms:

@@ -165,12 +165,11 @@ class Worker:
             breach_payloads = state.breaches_from(source.partition, source.offset)
         else:
             budgets = self.registry.for_team(event.team)
-            state.calendars.update(calendars_of(budgets))
             flags += apply(
                 state,
                 event,
                 priced.cost_usd,
-                state.calendars,
+                calendars_of(budgets),
                 grace_ms=s.period_grace_s * 1000,
             )
             breaches = evaluate(

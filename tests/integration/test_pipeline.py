@@ -86,6 +86,8 @@ BAD: list[tuple[bytes, bytes, str]] = [
     (b"alpha", json.dumps(ev("neg", "alpha", MIDNIGHT, -1)), "invalid"),
     (b"alpha", json.dumps(ev("fut", "alpha", FUTURE, 1)), "invalid"),
     (b"beta", json.dumps(ev("mis", "alpha", MIDNIGHT, 1)), "wrong_key"),
+    # 1.5 MB: over the 1 MiB limit, still carried whole into the dead letter.
+    (b"alpha", b"x" * 1_500_000, "oversized"),
 ]
 BUDGETS = BudgetFile.model_validate(
     {

@@ -126,3 +126,12 @@ def test_registry_indexes_by_team() -> None:
     assert registry.for_team("research") == []
     registry.remove("a")
     assert [b.id for b in registry.all()] == ["b"]
+
+
+def test_a_budget_removed_and_readded_mid_period_sees_the_whole_period() -> None:
+    state = TeamState()
+    berlin = [budget(timezone="Europe/Berlin", thresholds=[1])]
+    assert feed(berlin, state, 500, "2026-12-03T09:00:00Z") == []
+    assert feed([], state, 499, "2026-12-03T09:10:00Z", 1) == []  # budget removed
+    fired = feed(berlin, state, 1, "2026-12-03T09:20:00Z", 2)  # and re-added
+    assert [(b.used, b.triggering_event_id) for b in fired] == [(Decimal(1000), "e2")]

@@ -30,3 +30,13 @@ def test_loaded_entries_and_forgetting_a_partition() -> None:
     assert expiry.sweep(3, 30 + HOUR_MS) == ["x", "y"]
     expiry.forget(3)
     assert not expiry.known(3)
+
+
+def test_milliseconds_round_down_before_1970_as_in_clickhouse() -> None:
+    from datetime import UTC, datetime
+
+    from streams.accounting import to_ms
+
+    instant = datetime(1969, 12, 31, 23, 59, 59, 999500, tzinfo=UTC)
+    assert to_ms(instant) == -1
+    assert to_ms(datetime(1970, 1, 1, 0, 0, 0, 1500, tzinfo=UTC)) == 1
