@@ -310,13 +310,17 @@ class Stack:
             .replace("@DATA_DIR@", str(data))
         )
         if not (data / "meta.properties").exists():
-            cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            subprocess.run(
-                [*self._java(), "kafka.tools.StorageTool", "format", "-t", cluster,
-                 "-c", str(config)],
-                check=True,
+            result = subprocess.run(
+                [*self._java(), "kafka.tools.StorageTool", "format",
+                 f"--cluster-id={new_cluster_id()}", "-c", str(config)],
                 capture_output=True,
+                text=True,
             )  # fmt: skip
+            if result.returncode != 0:
+                raise StackError(
+                    f"formatting the broker's storage in {data} failed:\n"
+                    f"{result.stdout[-2000:]}{result.stderr[-2000:]}"
+                )
 
     def _java(self) -> list[str]:
         libs = self.settings.kafka_libs_dir.resolve()
@@ -385,6 +389,15 @@ def _runs(pid: int, signature: str) -> bool:
     except OSError:
         return True  # no /proc here: trust the pid file
     return signature in cmdline
+
+
+def new_cluster_id() -> str:
+    """A random KRaft cluster id: 16 bytes in URL-safe base64, not starting with
+    '-' (a command line would read it as an option)."""
+    while True:
+        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster.startswith("-"):
+            return cluster
 
 
 def _alive(pid: int) -> bool:

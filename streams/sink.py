@@ -242,6 +242,7 @@ class Sink:
                 elif idle_exit_s is not None and now - last_data > idle_exit_s:
                     break
         finally:
+            ready.unlink(missing_ok=True)
             self.consumer.close(autocommit=False)
 
     def run_once(self) -> int:
